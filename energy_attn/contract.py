@@ -1,0 +1,134 @@
+"""The one idea: attention is the gradient of a scalar energy.
+
+    out = ∂F/∂ζ at ζ = 0,     F = energy(q, k, v, ζ, mask=..., **params)
+
+Everything here is derived from an energy with `jax.grad` / `jax.vjp`; nothing
+knows which energy it is given.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from .masks import Mask, as_mask
+from .registry import get_energy
+
+# --------------------------------------------------------------- input checks
+
+
+def _check_inputs(q, k, v, mask: Mask):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not hasattr(x, "shape") or x.ndim not in (3, 4):
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"{name} must have shape (B, T, H, D) or (T, H, D); got {shape}")
+    if not q.ndim == k.ndim == v.ndim:
+        raise ValueError(f"q, k, v must all be batched or all unbatched; got ndims "
+                         f"{q.ndim}, {k.ndim}, {v.ndim}")
+    if q.ndim == 4 and not q.shape[0] == k.shape[0] == v.shape[0]:
+        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
+    *_, tq, hq, dk = q.shape
+    *_, tk, hkv, _ = k.shape
+    if k.shape[-1] != dk:
+        raise ValueError(f"k has key width {k.shape[-1]} but q has {dk}; expected k of shape "
+                         f"(B, Tk, H_kv, {dk})")
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f"v has shape {v.shape}; expected (B, Tk, H_kv, Dv) = "
+                         f"({', '.join(map(str, k.shape[:-1]))}, Dv) to match k")
+    if hq % hkv:
+        raise ValueError(f"q has {hq} heads, which is not a multiple of the {hkv} K/V heads "
+                         "(grouped-query attention needs H_q % H_kv == 0)")
+    batch = q.shape[0] if q.ndim == 4 else 1
+    mask.check(batch, hq, tq, tk)
+
+
+def _compute_dtype(*xs):
+    return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
+
+
+def _prepare(energy, q, k, v, mask):
+    fn = get_energy(energy)
+    mask = as_mask(mask)
+    q, k, v = (jnp.asarray(x) for x in (q, k, v))
+    _check_inputs(q, k, v, mask)
+    out_dtype = jnp.result_type(q, k, v)
+    dtype = _compute_dtype(q, k, v)
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    unbatched = q.ndim == 3
+    if unbatched:
+        q, k, v = q[None], k[None], v[None]
+    return fn, mask, q, k, v, out_dtype, unbatched
+
+
+def _scalar_energy(fn, q, k, v, mask, params):
+    name = getattr(fn, "__name__", repr(fn))
+
+    def energy_of(zeta):
+        e = fn(q, k, v, zeta, mask=mask, **params)
+        if jnp.ndim(e) != 0:
+            raise ValueError(f"energy {name!r} returned shape {jnp.shape(e)}; an energy must "
+                             "return a scalar (sum over batch, heads and queries)")
+        return e
+    return energy_of
+
+
+def _zero_source(q, v):
+    return jnp.zeros(q.shape[:-1] + (v.shape[-1],), q.dtype)
+
+
+# --------------------------------------------------------------- the contract
+
+
+def attend_with_energy(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
+    """(∂F/∂ζ at 0, F at 0): the attention output and the energy (summed log-partition)."""
+    fn, mask, q, k, v, out_dtype, unbatched = _prepare(energy, q, k, v, mask)
+    f, out = jax.value_and_grad(_scalar_energy(fn, q, k, v, mask, params))(_zero_source(q, v))
+    if unbatched:
+        out = out[0]
+    return out.astype(out_dtype), f
+
+
+def attend(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
+    """Attention output: jax.grad of the energy with respect to the source ζ, at ζ = 0.
+
+    q: (B, Tq, H, Dk), k: (B, Tk, H_kv, Dk), v: (B, Tk, H_kv, Dv) -> (B, Tq, H, Dv).
+    The batch axis may be dropped (then vmap over attend works).
+    """
+    return attend_with_energy(energy, q, k, v, mask=mask, **params)[0]
+
+
+def attention_weights(energy: str | Callable, q, k, v=None, *, mask: Mask | None = None, **params):
+    """The attention map ∂F/∂s_ij as (B, H, Tq, Tk).
+
+    Energies see the scores only through β q·k + bias, so the derivative with
+    respect to a zero additive bias *is* ∂F/∂s, for any energy.
+    """
+    if v is None:
+        v = jnp.zeros(k.shape[:-1] + (1,), jnp.result_type(k))
+    fn, mask, q, k, v, _, unbatched = _prepare(energy, q, k, v, mask)
+    zero_bias = jnp.zeros((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), q.dtype)
+
+    def energy_of_bias(b):
+        return _scalar_energy(fn, q, k, v, mask & Mask(bias=b), params)(_zero_source(q, v))
+    w = jax.grad(energy_of_bias)(zero_bias)
+    return w[0] if unbatched else w
+
+
+def posterior_covariance(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
+    """Second ζ-derivative, per query: Cov[v | query i] as (B, Tq, H, Dv, Dv).
+
+    The Bayesian reading of the softmax energy: F is a log-partition, so ∂F/∂ζ is
+    the posterior mean of v and ∂²F/∂ζ² its covariance. Energies are sums over
+    queries, so the Hessian is block-diagonal and Dv reverse-mode passes give
+    every block (reverse-over-reverse also works with the flash kernel).
+    """
+    fn, mask, q, k, v, _, unbatched = _prepare(energy, q, k, v, mask)
+    zeta0 = _zero_source(q, v)
+    grad_fn = jax.grad(_scalar_energy(fn, q, k, v, mask, params))
+    _, pullback = jax.vjp(grad_fn, zeta0)
+    dv = v.shape[-1]
+    basis = jnp.eye(dv, dtype=q.dtype)[:, None, None, None, :] * jnp.ones_like(zeta0)
+    cols = jax.vmap(lambda e: pullback(e)[0])(basis)          # (Dv, B, Tq, H, Dv)
+    cov = jnp.moveaxis(cols, 0, -1)                              # [..., d, e]
+    return cov[0] if unbatched else cov

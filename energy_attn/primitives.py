@@ -1,0 +1,74 @@
+"""Building blocks that energies are written with.
+
+Layout: q, zeta are (B, Tq, H, D); k, v are (B, Tk, H_kv, D) with H a multiple of
+H_kv (grouped-query attention). Score matrices are (B, H, Tq, Tk). Masked pairs
+hold -inf, so any energy that sums exp(score) or softplus(score) excludes them.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .masks import Mask, as_mask
+
+
+def default_beta(head_dim: int) -> float:
+    return head_dim ** -0.5
+
+
+def expand_kv_heads(x, num_q_heads: int):
+    """Repeat K/V heads so that each query head has its own (GQA → MHA view)."""
+    groups = num_q_heads // x.shape[-2]
+    return x if groups == 1 else jnp.repeat(x, groups, axis=-2)
+
+
+def allowed_pairs(mask: Mask | None, tq: int, tk: int):
+    """Dense boolean (B|1, H|1, Tq, Tk) of pairs that may interact, or None for all."""
+    return as_mask(mask).allowed(0, tq, 0, tk, tq, tk)
+
+
+def dot_scores(q, k, beta: float | None = None):
+    """β q_i·k_j as (B, H, Tq, Tk), without any mask."""
+    beta = default_beta(q.shape[-1]) if beta is None else beta
+    k = expand_kv_heads(k, q.shape[-2])
+    return beta * jnp.einsum("bqhd,bkhd->bhqk", q, k)
+
+
+def apply_mask(s, mask: Mask | None):
+    """Add the mask's bias and put -inf on excluded pairs."""
+    mask = as_mask(mask)
+    tq, tk = s.shape[-2], s.shape[-1]
+    b = mask.bias_block(0, tq, 0, tk)
+    if b is not None:
+        s = s + b
+    ok = mask.allowed(0, tq, 0, tk, tq, tk)
+    return s if ok is None else jnp.where(ok, s, -jnp.inf)
+
+
+def scores(q, k, *, mask: Mask | None = None, beta: float | None = None):
+    """Masked scores s_ij = β q_i·k_j + bias_ij, -inf where excluded."""
+    return apply_mask(dot_scores(q, k, beta), mask)
+
+
+def source(zeta, v):
+    """The source term ζ_i·v_j as (B, H, Tq, Tk)."""
+    v = expand_kv_heads(v, zeta.shape[-2])
+    return jnp.einsum("bqhd,bkhd->bhqk", zeta, v)
+
+
+def logsumexp(x, axis: int = -1):
+    """log Σ exp(x) that is 0, with zero gradient, on rows where every entry is -inf.
+
+    Fully masked rows would otherwise give -inf - (-inf) = NaN in value or gradient.
+    """
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    total = jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)
+    nonempty = total > 0
+    out = jnp.where(nonempty, jnp.log(jnp.where(nonempty, total, 1.0)) + m, 0.0)
+    return jnp.squeeze(out, axis)
+
+
+def row_has_keys(s):
+    """(B, H, Tq) bool: does query i see at least one key?"""
+    return jnp.any(jnp.isfinite(s), axis=-1)

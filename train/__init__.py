@@ -1,0 +1,1 @@
+"""Training stack and the `energy-attn` command line."""
