@@ -16,3 +16,7 @@ __all__ = [
     "allowed_pairs", "dot_scores", "logsumexp", "scores", "source",
     "available_energies", "get_energy", "register_energy",
 ]
+from .kv_cache import KVCache  # noqa: E402
+from .layer import EnergyAttention  # noqa: E402
+from .rope import apply_rope  # noqa: E402
+__all__ += ["EnergyAttention", "KVCache", "apply_rope"]

@@ -7,10 +7,12 @@ knows which energy it is given.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .masks import Mask, as_mask
 from .registry import get_energy
@@ -80,10 +82,31 @@ def _zero_source(q, v):
 # --------------------------------------------------------------- the contract
 
 
+def _split_params(params):
+    """Array-valued params are traced; the rest (names, ints, floats) are static."""
+    arrays = {n: p for n, p in params.items() if isinstance(p, (jax.Array, np.ndarray))}
+    static = tuple(sorted((n, p) for n, p in params.items() if n not in arrays))
+    try:
+        hash(static)
+    except TypeError:
+        return None, None
+    return static, arrays
+
+
+@partial(jax.jit, static_argnums=(0, 5))
+def _value_and_source_grad(fn, q, k, v, mask, static_params, array_params):
+    params = dict(static_params, **array_params)
+    return jax.value_and_grad(_scalar_energy(fn, q, k, v, mask, params))(_zero_source(q, v))
+
+
 def attend_with_energy(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
     """(∂F/∂ζ at 0, F at 0): the attention output and the energy (summed log-partition)."""
     fn, mask, q, k, v, out_dtype, unbatched = _prepare(energy, q, k, v, mask)
-    f, out = jax.value_and_grad(_scalar_energy(fn, q, k, v, mask, params))(_zero_source(q, v))
+    static, arrays = _split_params(params)
+    if static is None:       # unhashable options: trace without the jit cache
+        f, out = jax.value_and_grad(_scalar_energy(fn, q, k, v, mask, params))(_zero_source(q, v))
+    else:                    # jit so that eager calls reuse compiled code
+        f, out = _value_and_source_grad(fn, q, k, v, mask, static, arrays)
     if unbatched:
         out = out[0]
     return out.astype(out_dtype), f

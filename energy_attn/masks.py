@@ -56,6 +56,9 @@ class Mask:
             return self
         if not isinstance(other, Mask):
             raise TypeError(f"can only combine a Mask with a Mask, got {type(other).__name__}")
+        if (self.q_offset is not None or self.q_offset_array is not None) and \
+                (other.q_offset is not None or other.q_offset_array is not None):
+            raise ValueError("both masks set a query offset (causal(offset)); give it once")
         merged = {}
         for f in dataclasses.fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)

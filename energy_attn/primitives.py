@@ -72,3 +72,49 @@ def logsumexp(x, axis: int = -1):
 def row_has_keys(s):
     """(B, H, Tq) bool: does query i see at least one key?"""
     return jnp.any(jnp.isfinite(s), axis=-1)
+
+
+MAX_UNROLLED_BLOCKS = 16
+
+
+def unrolled_block_size(tq: int, block_q: int | None) -> int:
+    """Query-block size for a Python-unrolled loop: at most MAX_UNROLLED_BLOCKS blocks,
+    since each block is traced and compiled separately (compile time and memory)."""
+    if block_q is None:
+        return tq
+    return max(block_q, -(-tq // MAX_UNROLLED_BLOCKS))
+
+
+def blockwise_sum(row_energy, q, k, v, zeta, *, mask: Mask | None = None, beta=None,
+                  block_q: int | None = 128):
+    """Σ over query blocks of row_energy(s), s = masked scores + source on the keys
+    that block can see.
+
+    For energies that are sums over queries of a function of the whole score row
+    (sigmoid, entmax, ...). It is exact: a causal mask only lets query block i see
+    keys before its end, so the skipped keys would have been -inf anyway. This
+    halves the work of a causal energy, and autodiff never touches skipped blocks.
+    """
+    mask = as_mask(mask)
+    tq, tk = q.shape[1], k.shape[1]
+    beta = default_beta(q.shape[-1]) if beta is None else beta
+    beta = jnp.asarray(beta)
+    beta = beta[:, None, None] if beta.ndim == 1 else beta
+    block_q = tq if mask.has_dynamic_offset else unrolled_block_size(tq, block_q)
+    k_all, v_all = expand_kv_heads(k, q.shape[-2]), expand_kv_heads(v, q.shape[-2])
+    total = 0.0
+    for q0 in range(0, tq, block_q):
+        q1 = min(tq, q0 + block_q)
+        k0, k1 = mask.static_key_range(q0, q1, tq, tk)
+        if k1 == k0:
+            continue
+        s = beta * jnp.einsum("bqhd,bkhd->bhqk", q[:, q0:q1], k_all[:, k0:k1])
+        s = s + jnp.einsum("bqhd,bkhd->bhqk", zeta[:, q0:q1], v_all[:, k0:k1])
+        b = mask.bias_block(q0, q1 - q0, k0, k1 - k0)
+        if b is not None:
+            s = s + b
+        ok = mask.allowed(q0, q1 - q0, k0, k1 - k0, tq, tk)
+        if ok is not None:
+            s = jnp.where(ok, s, -jnp.inf)
+        total = total + row_energy(s)
+    return jnp.asarray(total, q.dtype)

@@ -12,6 +12,8 @@ Implementations:
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -96,14 +98,17 @@ def _skip_zero_source(kernel, q, k, v, zeta, mask, block):
     *value* shortcut: under differentiation the custom JVP below always uses the
     full kernel, so every derivative with respect to ζ stays exact.
     """
-    @jax.custom_jvp
-    def run(q, k, v, zeta, mask):
-        return jax.lax.cond(jnp.all(zeta == 0),
-                            lambda: kernel(q, k, v, None, mask, block),
-                            lambda: kernel(q, k, v, zeta, mask, block))
+    return _zero_source_shortcut(kernel, block, q, k, v, zeta, mask)
 
-    @run.defjvp
-    def run_jvp(primals, tangents):
-        return jax.jvp(lambda *a: kernel(*a, block), primals, tangents)
 
-    return run(q, k, v, zeta, mask)
+# Module level (not a closure per call) so that eager calls hit JAX's caches.
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _zero_source_shortcut(kernel, block, q, k, v, zeta, mask):
+    return jax.lax.cond(jnp.all(zeta == 0),
+                        lambda: kernel(q, k, v, None, mask, block),
+                        lambda: kernel(q, k, v, zeta, mask, block))
+
+
+@_zero_source_shortcut.defjvp
+def _zero_source_shortcut_jvp(kernel, block, primals, tangents):
+    return jax.jvp(lambda *a: kernel(*a, block), primals, tangents)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ..masks import Mask
+from ..primitives import unrolled_block_size
 
 
 def to_groups(x, num_kv_heads: int):
@@ -41,6 +42,7 @@ def attention_blocks(q, k, v, zeta, mask: Mask, block_q: int):
     zg = None if zeta is None else to_groups(zeta, hkv)
     kg = k.transpose(0, 2, 1, 3)                       # (B, Hk, Tk, D)
     vg = v.transpose(0, 2, 1, 3)
+    block_q = unrolled_block_size(tq, block_q)
     outs, lses = [], []
     for q0 in range(0, tq, block_q):
         q1 = min(tq, q0 + block_q)
