@@ -1,0 +1,122 @@
+"""The contract itself: any function energy(q, k, v, zeta, *, mask, **params) -> scalar
+becomes attention, and bad input gets an error that names the argument."""
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import energy_attn as ea
+from tests import reference as ref
+from tests.test_energies import make_qkv
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_user_energy_snippet():
+    text = README.read_text()
+    block = re.search(r"<!-- user-energy -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README.md lost its user-energy example"
+    return block.group(1)
+
+
+def test_readme_user_energy_runs_and_matches_reference():
+    """The README's 'your own energy' snippet, executed as written."""
+    namespace = {}
+    exec(readme_user_energy_snippet(), namespace)
+    q, k, v = namespace["q"], namespace["k"], namespace["v"]
+    allowed = jnp.asarray(ref.dense_allowed(q.shape[0], q.shape[1], k.shape[1], causal=True))
+    want = ref.softmax_attention(q, k, v, allowed, 0.5)
+    np.testing.assert_allclose(namespace["out"], want, atol=1e-5)
+
+
+def test_user_energy_in_own_code_needs_no_registration():
+    def cosine_softmax(q, k, v, zeta, *, mask, temperature=0.1):
+        qn = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+        kn = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+        s = ea.scores(qn, kn, mask=mask, beta=1 / temperature) + ea.source(zeta, v)
+        return ea.logsumexp(s, axis=-1).sum()
+
+    q, k, v = make_qkv()
+    out = ea.attend(cosine_softmax, q, k, v, mask=ea.causal(), temperature=0.2)
+    qn = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+    kn = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+    allowed = jnp.asarray(ref.dense_allowed(2, 12, 12, causal=True))
+    np.testing.assert_allclose(out, ref.softmax_attention(qn, kn, v, allowed, 5.0), atol=1e-5)
+    # registering it makes it available by name, e.g. from a config
+    ea.register_energy("test_cosine_softmax", cosine_softmax)
+    np.testing.assert_allclose(ea.attend("test_cosine_softmax", q, k, v, mask=ea.causal(), temperature=0.2), out)
+
+
+def test_grad_of_grad_through_user_energy():
+    def my_energy(q, k, v, zeta, *, mask):
+        return ea.logsumexp(ea.scores(q, k, mask=mask) + ea.source(zeta, v), axis=-1).sum()
+
+    q, k, v = make_qkv()
+    g = jax.grad(lambda q: ea.attend(my_energy, q, k, v, mask=ea.causal()).sum())(q)
+    g_ref = jax.grad(lambda q: ea.attend("softmax", q, k, v, mask=ea.causal()).sum())(q)
+    np.testing.assert_allclose(g, g_ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------ bad input
+def test_unknown_energy_name_suggests_close_names():
+    q, k, v = make_qkv()
+    with pytest.raises(ValueError, match=r"unknown energy 'sigmiod'.*Did you mean 'sigmoid'"):
+        ea.attend("sigmiod", q, k, v)
+
+
+def test_non_scalar_energy():
+    q, k, v = make_qkv()
+    bad = lambda q, k, v, zeta, *, mask: ea.logsumexp(ea.scores(q, k, mask=mask) + ea.source(zeta, v))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        ea.attend(bad, q, k, v)
+
+
+@pytest.mark.parametrize("change,pattern", [
+    (lambda q, k, v: (q[..., :5], k, v), r"k has key width 8 but q has 5"),
+    (lambda q, k, v: (q, k, v[:, :7]), r"v has shape .*expected \(B, Tk, H_kv, Dv\)"),
+    (lambda q, k, v: (q[:, :, :3], k, v), r"3 heads, which is not a multiple of the 2 K/V heads"),
+    (lambda q, k, v: (q[:1], k, v), r"batch sizes differ"),
+    (lambda q, k, v: (q[0, 0], k, v), r"q must have shape \(B, T, H, D\)"),
+])
+def test_shape_errors_name_the_argument(change, pattern):
+    q, k, v = make_qkv()
+    with pytest.raises(ValueError, match=pattern):
+        ea.attend("softmax", *change(q, k, v))
+
+
+@pytest.mark.parametrize("mask,pattern", [
+    (ea.padding(kv_valid=np.ones((2, 5), bool)), r"mask.kv_valid has shape \(2, 5\); expected \(2, 12\)"),
+    (ea.segments(np.zeros((2, 3), int)), r"mask.q_segment_ids has shape \(2, 3\); expected \(2, 12\)"),
+    (ea.bias(np.zeros((3, 12, 12))), r"mask.bias has shape \(1, 3, 12, 12\)"),
+    (ea.sliding_window(0), r"sliding_window size must be >= 1"),
+])
+def test_mask_shape_errors(mask, pattern):
+    q, k, v = make_qkv()
+    with pytest.raises(ValueError, match=pattern):
+        ea.attend("softmax", q, k, v, mask=mask)
+
+
+def test_mask_must_be_a_mask():
+    q, k, v = make_qkv()
+    with pytest.raises(TypeError, match="ea.explicit"):
+        ea.attend("softmax", q, k, v, mask=np.ones((12, 12), bool))
+
+
+def test_conflicting_offsets_are_refused():
+    with pytest.raises(ValueError, match="query offset"):
+        ea.causal(3) & ea.causal(jnp.asarray(5))
+
+
+def test_unknown_softmax_implementation():
+    q, k, v = make_qkv()
+    with pytest.raises(ValueError, match="unknown softmax implementation 'fastest'"):
+        ea.attend("softmax", q, k, v, impl="fastest")
+
+
+def test_flash_block_sizes_must_divide():
+    q, k, v = make_qkv()
+    with pytest.raises(ValueError, match="impl='flash' needs"):
+        ea.attend("softmax", q, k, v, impl="flash", block_q=5, block_k=5)
