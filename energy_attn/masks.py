@@ -90,6 +90,16 @@ class Mask:
     def has_dynamic_offset(self) -> bool:
         return self.q_offset_array is not None
 
+    def rows_never_empty(self, tq: int, tk: int) -> bool:
+        """Statically true if every query sees at least its own position's key
+        (only causal/window restrictions, and every query position is a key)."""
+        restrictive = ("q_offset_array", "kv_valid", "q_valid", "q_segment_ids", "kv_segment_ids",
+                       "bias", "allowed_pairs")   # a bias may hold -inf
+        if any(getattr(self, f) is not None for f in restrictive):
+            return False
+        off = self.offset(tq, tk)
+        return 0 <= off and off + tq <= tk
+
     def offset(self, tq: int, tk: int):
         if self.q_offset_array is not None:
             return self.q_offset_array
