@@ -1,0 +1,36 @@
+"""Typed model configuration. Models read these; they know nothing of training."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class AttentionConfig:
+    energy: str = "softmax"                 # any registered energy name
+    energy_params: dict[str, Any] = field(default_factory=dict)   # e.g. {beta: 0.5} or {alpha: 1.5}
+    num_kv_heads: int | None = None         # grouped-query attention (default: num_heads)
+    rope: bool = True
+    rope_base: float = 10000.0
+    segment_mask: bool = True               # packed documents do not attend across boundaries
+
+
+@dataclass
+class ModelConfig:
+    name: str = "transformer"               # key in models.registry
+    vocab_size: int = 256                   # set from the tokenizer by the trainer
+    max_seq_len: int = 256
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp: str = "swiglu"                     # "swiglu" or "gelu"
+    mlp_ratio: float = 4.0                  # hidden = mlp_ratio * d_model (SwiGLU: 2/3 of that, rounded)
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-6
+    compute_dtype: str = "float32"          # "float32" or "bfloat16"
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
