@@ -70,6 +70,24 @@ def measure(fn: Callable, *args, repeats: int) -> dict:
     return {"min_s": min(times), "median_s": statistics.median(times), "compile_s": compile_s}
 
 
+def measure_pair(fn_a: Callable, fn_b: Callable, *args, repeats: int) -> tuple[dict, dict]:
+    """Like `measure`, alternating the two functions call by call, so that a change
+    in machine load (other processes on a shared 2-core box) hits both alike."""
+    compile_s = []
+    for fn in (fn_a, fn_b):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        compile_s.append(time.perf_counter() - t0)
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, ts in zip((fn_a, fn_b), times):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            ts.append(time.perf_counter() - t0)
+    return tuple({"min_s": min(ts), "median_s": statistics.median(ts), "compile_s": c}
+                 for ts, c in zip(times, compile_s))
+
+
 def _inputs(b, t, h, d, seed=0):
     # w is the upstream cotangent for forward+backward: loss = sum(out * w).
     # It is an argument, not a closure constant, so it is not baked into the HLO.
@@ -223,14 +241,21 @@ def attention(*, batch=4, heads=8, seq=1024, head_dim=64, repeats=5, energies=No
     q, k, v, w = _inputs(b, t, h, d)
     fwd_flops = causal_flops(b, h, t, d)
     impl = _softmax_impl(q, k)
-    ours_f = timed("b", "softmax energy  fwd", jax.jit(_ours("softmax")), (q, k, v), fwd_flops,
-                   note=f"impl={impl}")
-    dpa_f = timed("b", "dot_product_attention fwd", jax.jit(_dpa), (q, k, v), fwd_flops,
-                  note="implementation=xla")
-    ours_fb = timed("b", "softmax energy  fwd+bwd", _fwd_bwd(_ours("softmax")), (q, k, v, w),
-                    FWD_BWD_FLOP_FACTOR * fwd_flops, note=f"impl={impl}")
-    dpa_fb = timed("b", "dot_product_attention fwd+bwd", _fwd_bwd(_dpa), (q, k, v, w),
-                   FWD_BWD_FLOP_FACTOR * fwd_flops, note="implementation=xla")
+    def timed_pair(name_a, fn_a, name_b, fn_b, args, flops, note_a, note_b):
+        log(f"  [b] {name_a} vs {name_b}: compiling, then {repeats} alternating timed runs …")
+        a, b_ = measure_pair(fn_a, fn_b, *args, repeats=repeats)
+        for name, m, note in ((name_a, a, note_a), (name_b, b_, note_b)):
+            m["gflops"] = flops / m["min_s"] / 1e9
+            log(f"  [b] {name}: {m['min_s'] * 1e3:.1f} ms")
+            rows.append(dict(section="b", name=name, note=note, **m))
+        return a, b_
+
+    ours_f, dpa_f = timed_pair("softmax energy  fwd", jax.jit(_ours("softmax")),
+                               "dot_product_attention fwd", jax.jit(_dpa), (q, k, v), fwd_flops,
+                               f"impl={impl}", "implementation=xla")
+    ours_fb, dpa_fb = timed_pair("softmax energy  fwd+bwd", _fwd_bwd(_ours("softmax")),
+                                 "dot_product_attention fwd+bwd", _fwd_bwd(_dpa), (q, k, v, w),
+                                 FWD_BWD_FLOP_FACTOR * fwd_flops, f"impl={impl}", "implementation=xla")
     ratio("softmax energy / dpa, fwd", ours_f, dpa_f, FWD_RATIO_TARGET)
     ratio("softmax energy / dpa, fwd+bwd", ours_fb, dpa_fb, FWD_BWD_RATIO_TARGET)
 
