@@ -116,9 +116,13 @@ class EnergyAttention(nnx.Module):
             cache = cache.append(k, v)
             k, v = cache.k, cache.v
 
-        out = attend(self.energy, q, k, v, mask=mask, **self.energy_params)
+        out = self.attend_heads(q, k, v, mask)
         out = self.out_proj(out.reshape(batch, length, self.num_heads * self.value_dim))
         return out if cache is None else (out, cache)
+
+    def attend_heads(self, q, k, v, mask):
+        """(B, Tq, H, Dk), (B, Tk, H_kv, Dk), (B, Tk, H_kv, Dv) -> (B, Tq, H, Dv): ∂F/∂ζ of the energy."""
+        return attend(self.energy, q, k, v, mask=mask, **self.energy_params)
 
     @staticmethod
     def _split_heads(x, num_heads: int, width: int):

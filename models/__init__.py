@@ -3,3 +3,10 @@
 Every model plugs in `energy_attn.EnergyAttention`; the models arrive with the
 training-stack and zoo issues.
 """
+from .config import AttentionConfig, ModelConfig
+from .registry import MODELS, build_model, register_model
+from .sampling import generate
+from .transformer import Transformer, num_params   # registers "transformer"
+
+__all__ = ["AttentionConfig", "ModelConfig", "MODELS", "build_model", "register_model",
+           "generate", "Transformer", "num_params"]

@@ -20,7 +20,7 @@ class AttentionConfig:
 class ModelConfig:
     name: str = "transformer"               # key in models.registry
     vocab_size: int = 256                   # set from the tokenizer by the trainer
-    max_seq_len: int = 256
+    max_seq_len: int = 128                  # longest sequence (RoPE positions, KV cache size)
     d_model: int = 128
     num_layers: int = 4
     num_heads: int = 4

@@ -53,7 +53,7 @@ def reference_output(energy, q, k, v, allowed, bias):
     if energy == "softmax":
         return ref.softmax_attention(q, k, v, allowed, BETA, bias)
     if energy == "sigmoid":
-        b = -np.log(k.shape[1]) + (0 if bias is None else bias)
+        b = -jnp.log(jnp.maximum(allowed.sum(-1, keepdims=True), 1)) + (0 if bias is None else bias)
         return ref.sigmoid_attention(q, k, v, allowed, BETA, b)
     if energy == "distance":
         assert bias is None
@@ -160,7 +160,7 @@ def test_energy_values_are_log_partitions():
     np.testing.assert_allclose(f, ref.softmax_log_partition(q, k, allowed, BETA), rtol=1e-5)
     # sigmoid: Σ softplus over allowed pairs
     _, f = ea.attend_with_energy("sigmoid", q, k, v, mask=mask)
-    s = ref.raw_scores(q, k, BETA) - np.log(TK)
+    s = ref.raw_scores(q, k, BETA) - jnp.log(jnp.maximum(allowed.sum(-1, keepdims=True), 1))
     np.testing.assert_allclose(f, jnp.sum(jnp.where(allowed, jax.nn.softplus(s), 0)), rtol=1e-5)
     # distance: lse of -β‖q-k‖²
     _, f = ea.attend_with_energy("distance", q, k, v, mask=mask)

@@ -120,7 +120,8 @@ def test_attention_weights_are_softmax_of_scores():
     s = jnp.where(ref.dense_allowed(2, 12, 12, causal=True), ref.raw_scores(q, k, 8 ** -0.5), -jnp.inf)
     np.testing.assert_allclose(w, jax.nn.softmax(s, -1), atol=1e-6)
     ws = ea.attention_weights("sigmoid", q, k, mask=ea.causal())
-    np.testing.assert_allclose(ws, jnp.where(jnp.isfinite(s), jax.nn.sigmoid(s - np.log(12)), 0), atol=1e-6)
+    seen = jnp.isfinite(s).sum(-1, keepdims=True)     # default bias: -log(keys the query sees)
+    np.testing.assert_allclose(ws, jnp.where(jnp.isfinite(s), jax.nn.sigmoid(s - jnp.log(seen)), 0), atol=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
@@ -149,5 +150,6 @@ def test_property_softmax_vs_reference(b, tq, extra_k, hkv, groups, dk, dv, caus
         got = ea.attend("softmax", q, k, v, mask=mask, impl="flash", block_q=block, block_k=block)
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
     got = ea.attend("sigmoid", q, k, v, mask=mask, block_q=block)
-    want = ref.sigmoid_attention(q, k, v, jnp.asarray(allowed), dk ** -0.5, -np.log(tk))
+    seen = np.maximum(allowed.sum(-1, keepdims=True), 1)
+    want = ref.sigmoid_attention(q, k, v, jnp.asarray(allowed), dk ** -0.5, -np.log(seen))
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)

@@ -63,6 +63,7 @@ def _add_bench(sub):
                 example="energy-attn bench attention --skip-long")
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     _add_bench_attention(bench)
+    _add_bench_train(bench)
 
 
 def _add_bench_attention(sub):
@@ -130,6 +131,126 @@ def _bench_attention(args):
     return 0
 
 
+def _add_bench_train(sub):
+    p = _parser(
+        sub, "train", help="train-step time: energy attention vs jax.nn.dot_product_attention",
+        description=(
+            "Trains the same model twice in one process (same init, same batches): once with energy\n"
+            "attention, once with jax.nn.dot_product_attention in its place. Prints the step-time\n"
+            "ratio (target <= 1.0). Default recipe: configs/shakespeare_char.yaml, which reads\n"
+            "../shared/data/tinyshakespeare.txt; point data.path elsewhere with an override."),
+        example="energy-attn bench train --steps 60 model.attention.energy=softmax")
+    p.add_argument("config", nargs="?", default="configs/shakespeare_char.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--steps", type=positive_int, default=60, help="timed steps per model (default 60)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds (default 3)")
+    p.set_defaults(handler=_bench_train, prog=p.prog)
+
+
+def _bench_train(args):
+    cfg = _load_config(args.config, args.overrides)
+    from train.bench_train import bench_train, format_report
+    try:
+        res = bench_train(cfg, steps=args.steps, rounds=args.rounds)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    print(format_report(res))
+    return 0
+
+
+# ------------------------------------------------------------------ train / eval / sample
+
+
+def _add_train(sub):
+    p = _parser(sub, "train", help="train a language model (default: built-in corpus, a few minutes on CPU)",
+                description=(
+                    "Train a model from a YAML config plus dotted overrides. With no arguments it trains\n"
+                    "the default config on the built-in corpus (CPython's own documentation).\n"
+                    "Running the same command again resumes from the run directory's latest checkpoint."),
+                example="energy-attn train configs/shakespeare_char.yaml model.attention.energy=sigmoid "
+                        "train.steps=500")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. model.num_layers=2 data.seq_len=128")
+    p.set_defaults(handler=_train, prog=p.prog)
+
+
+def _load_config(path, overrides):
+    from train.config import load_config
+    if path is not None and "=" in path:      # `energy-attn train key=value ...` with no config file
+        overrides, path = [path, *overrides], None
+    try:
+        return load_config(path, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _train(args):
+    cfg = _load_config(args.config, args.overrides)
+    from train.loop import TrainingDiverged, train
+    try:
+        train(cfg)
+    except TrainingDiverged as e:
+        print(f"{args.prog}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
+def _add_eval(sub):
+    p = _parser(sub, "eval", help="validation loss, perplexity and bits per byte of a run",
+                description="Restore a run's checkpoint and evaluate it on its validation split.",
+                example="energy-attn eval --run runs/default --batches 50")
+    p.add_argument("--run", required=True, help="run directory (holds config.yaml and checkpoints/)")
+    p.add_argument("--batches", type=positive_int, default=None,
+                   help="validation batches (default: the run's train.eval_batches)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.set_defaults(handler=_eval, prog=p.prog)
+
+
+def _eval(args):
+    from train.evaluate import evaluate_run
+    from train.run import RunNotFound
+    try:
+        result = evaluate_run(args.run, batches=args.batches, which=args.checkpoint)
+    except (RunNotFound, ValueError, FileNotFoundError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def _add_sample(sub):
+    p = _parser(sub, "sample", help="generate text from a trained run",
+                description="Restore a run's checkpoint and continue a prompt.",
+                example='energy-attn sample --run runs/default --prompt "The energy of" --max-new-tokens 200')
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="0 disables top-k filtering (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.set_defaults(handler=_sample, prog=p.prog)
+
+
+def _sample(args):
+    if args.temperature < 0:
+        raise CLIError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise CLIError(f"--top-k must be >= 0, got {args.top_k}")
+    from train.evaluate import sample_run
+    from train.run import RunNotFound
+    try:
+        text = sample_run(args.run, args.prompt, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
+                          which=args.checkpoint)
+    except (RunNotFound, ValueError, FileNotFoundError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    print(text)
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 
 
@@ -139,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="example:\n  energy-attn bench attention --skip-long",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_sample(sub)
     _add_bench(sub)
     return p
 

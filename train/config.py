@@ -1,8 +1,25 @@
 """Typed experiment configuration (Levanter-style): dataclasses, loaded from YAML,
-with dotted command-line overrides such as `model.num_layers=4`."""
+with dotted command-line overrides such as `model.num_layers=4`.
+
+    cfg = load_config("configs/shakespeare_char.yaml", ["model.attention.energy=sigmoid"])
+
+`load_config` checks every value against its field's type and every option
+combination (`validate`, MaxText-style: one specific message per problem).
+`dump_yaml` writes the resolved config; `config_reference()` is the key table."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from models.config import AttentionConfig, ModelConfig  # noqa: F401  (re-exported)
 
@@ -13,10 +30,10 @@ class DataConfig:
     path: str | None = None          # local file or glob, for source=text
     hf_path: str | None = None       # e.g. "Zyphra/Zyda"
     hf_name: str | None = None       # e.g. "zyda_arxiv_only"
-    hf_split: str = "train"
-    text_column: str = "text"
+    hf_split: str = "train"          # split of the HF dataset
+    text_column: str = "text"        # document field in .jsonl/.parquet/HF rows
     tokenizer: str = "byte"          # "byte" | "char" | a Hugging Face tokenizer name
-    seq_len: int = 256               # tokens per training sequence (the model's block size)
+    seq_len: int = 128               # tokens per training sequence (the model's block size)
     val_fraction: float = 0.05       # held-out share of documents (deterministic by hash)
     val_max_docs: int = 1000         # cap for streamed sources
     shuffle_buffer: int = 1000       # documents, for streamed sources
@@ -25,26 +42,26 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    grad_accum: int = 1
+    lr: float = 2e-3                 # peak learning rate (after linear warmup)
+    min_lr: float = 2e-4             # cosine decay ends here at train.steps
+    warmup_steps: int = 50          # linear warmup from 0 to lr
+    weight_decay: float = 0.1        # AdamW decay, matrices only (not norms/biases)
+    beta1: float = 0.9               # AdamW first-moment decay
+    beta2: float = 0.99              # AdamW second-moment decay
+    grad_clip: float = 1.0           # global-norm gradient clipping
+    grad_accum: int = 1              # micro-batches per step (train.batch_size is split into these)
 
 
 @dataclass
 class MeshConfig:
-    data: int = 1
+    data: int = 1                    # data-parallel devices (the batch is split over them)
     seq: int = 1                     # sequence sharding: the tree-attention issue
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 250                 # steps between saves (and evals)
-    keep: int = 3
+    every: int = 200                 # steps between checkpoint saves
+    keep: int = 3                    # most recent checkpoints kept
     keep_best: bool = True           # also keep the best by val loss
     resume: bool = True              # continue from the run directory's latest checkpoint
 
@@ -52,23 +69,23 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     wandb: str = "auto"              # "online" | "offline" | "disabled" | "auto" (offline unless an API key is set)
-    project: str = "energy-attn"
-    log_every: int = 10
-    progress_bar: bool = True
+    project: str = "energy-attn"     # W&B project
+    log_every: int = 10              # steps between metric logs
+    progress_bar: bool = True        # tqdm bar on the terminal
 
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/default"
-    seed: int = 0
-    steps: int = 500
-    batch_size: int = 16
-    eval_every: int = 250
-    eval_batches: int = 10
+    run_dir: str = "runs/default"    # checkpoints, config.yaml, metrics, samples
+    seed: int = 0                    # parameters, dropout, data order, sampling
+    steps: int = 600                 # optimizer steps
+    batch_size: int = 16             # sequences per step (global, over all devices)
+    eval_every: int = 200            # steps between validation evals
+    eval_batches: int = 10           # batches per validation eval
     sample_every: int = 0            # 0: only at the end
-    sample_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 40
+    sample_tokens: int = 200         # tokens per generated sample
+    temperature: float = 0.8         # sampling temperature
+    top_k: int = 40                  # sample among the k likeliest tokens (0: all)
     on_nonfinite: str = "stop"       # "stop" | "skip"
 
 
@@ -81,3 +98,505 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# =========================================================================== loading
+# Defaults <- YAML file <- dotted overrides, each value checked against the field's
+# annotation, then `validate`. Errors name the full dotted key, as MaxText does.
+
+
+def load_config(path: str | None, overrides: Sequence[str] | None = (), *,
+                check: bool = True) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `overrides` such as
+    "model.num_layers=4" or "model.attention.energy_params.alpha=1.5"; then `validate`.
+
+    `check=False` skips `validate` (for tools that only read a config, e.g. one whose
+    energy was registered by the training script and is unknown here)."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(p) as f:
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        if data is None:          # an empty file (or only comments) means "all defaults"
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"config file {path} must hold a mapping of sections "
+                             f"(model:, data:, optim:, ...), got {type(data).__name__}")
+        _merge(cfg, data, "")
+    apply_overrides(cfg, overrides)
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *, check: bool = True) -> Config:
+    """Like `load_config`, from an already-parsed nested mapping (e.g. `to_dict` output)."""
+    cfg = Config()
+    _merge(cfg, data, "")
+    apply_overrides(cfg, overrides)
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str] | None) -> Config:
+    """Apply "dotted.key=value" strings to `cfg` in place (no validation) and return it.
+    Values are YAML ("4", "1.5", "true", "null", "{beta: 0.5}", "[1, 2]")."""
+    if overrides is None:
+        overrides = ()
+    elif isinstance(overrides, str):  # a lone string would be iterated character by character
+        overrides = [overrides]
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if key.startswith("--"):      # tolerate Levanter/argparse spelling --model.num_layers=4
+            key = key[2:]
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE; write e.g. model.num_layers=4 "
+                             "(dotted key, '=', YAML value; null for None)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw               # not YAML: take the text literally (checked against the type below)
+        _set_dotted(cfg, key, value, raw.strip())
+    return cfg
+
+
+def _hints(cls) -> dict[str, Any]:
+    # Annotations are strings (`from __future__ import annotations`); resolve them once.
+    cached = _HINTS.get(cls)
+    if cached is None:
+        cached = _HINTS[cls] = typing.get_type_hints(cls)
+    return cached
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _merge(obj, data: Mapping, prefix: str) -> None:
+    """Merge a nested mapping into dataclass `obj` in place, field by field."""
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        names = {f.name for f in dataclasses.fields(obj)}
+        if not isinstance(k, str) or k not in names:
+            raise ValueError(_unknown_key_message(key, prefix))
+        tp = _hints(type(obj))[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, Mapping):
+                raise ValueError(f"config key {key!r} is a section ({tp.__name__}); expected a mapping, "
+                                 f"got {v!r}")
+            _merge(getattr(obj, k), v, key + ".")
+        else:                 # scalars and dicts (energy_params) are replaced, not merged
+            setattr(obj, k, _coerce(v, tp, key))
+
+
+def _set_dotted(cfg: Config, key: str, value: Any, raw: str) -> None:
+    parts = key.split(".")
+    obj, prefix = cfg, ""
+    for i, name in enumerate(parts):
+        full = prefix + name
+        names = {f.name for f in dataclasses.fields(obj)}
+        if name not in names:
+            raise ValueError(_unknown_key_message(full, prefix, parts[i + 1:]))
+        tp = _hints(type(obj))[name]
+        rest = parts[i + 1:]
+        if dataclasses.is_dataclass(tp):
+            if not rest:              # `model={num_layers: 2}`: merge a whole section
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"config key {full!r} is a section ({tp.__name__}); expected a "
+                                     f"mapping such as {{key: value}}, got {raw!r}")
+                _merge(getattr(obj, name), value, full + ".")
+                return
+            obj, prefix = getattr(obj, name), full + "."
+            continue
+        if not rest:
+            setattr(obj, name, _coerce(value, tp, full, raw=raw))
+            return
+        if typing.get_origin(tp) is dict:   # free-form mapping: `energy_params.alpha=1.5`
+            d = dict(getattr(obj, name))
+            node = d
+            for sub in rest[:-1]:
+                child = node.get(sub)
+                node[sub] = child = dict(child) if isinstance(child, Mapping) else {}
+                node = child
+            node[rest[-1]] = value
+            setattr(obj, name, _coerce(d, tp, full))
+            return
+        raise ValueError(f"config key {full!r} holds a value ({_type_name(tp)}), not a section; "
+                         f"cannot set {key!r}")
+
+
+def _unknown_key_message(key: str, prefix: str, rest: Sequence[str] = ()) -> str:
+    """`unknown config key 'model.num_layer'; did you mean 'model.num_layers'?`
+
+    `key` is the path up to the unknown name, `prefix` its parent path (with the dot),
+    `rest` the override's remaining parts ("modle.num_layers": key "modle", rest ["num_layers"])."""
+    keys = all_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf: dict[str, list[str]] = {}
+    for k in keys:
+        by_leaf.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    siblings = [k for k in keys if k.startswith(prefix) and "." not in k[len(prefix):]]
+    # 1. The right name in the wrong section (train.lr -> optim.lr, num_layers -> model.num_layers).
+    guess = [k for k in by_leaf.get(leaf, []) if k != key]
+    # 2. A typo inside the right section (compare names, not paths: the shared prefix would
+    #    make every sibling look close).
+    if not guess:
+        close = difflib.get_close_matches(leaf, [k[len(prefix):] for k in siblings], n=1, cutoff=0.6)
+        guess = [prefix + c for c in close]
+    # 3. A typo in the wrong section.
+    if not guess:
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.8)
+        guess = by_leaf[close[0]][:1] if close else []
+    tail = ".".join(rest)
+    msg = f"unknown config key {key + '.' + tail if tail else key!r}"
+    if tail:
+        msg += f" (there is no section {key!r})"
+    if guess:
+        full = f"{guess[0]}.{tail}" if tail else guess[0]
+        free = [k for k in keys if typing.get_origin(_field_type(k)) is dict]   # energy_params.*
+        ok = not tail or full in keys or any(full.startswith(k + ".") for k in free)
+        return msg + f"; did you mean {full if ok else guess[0]!r}?"
+    valid = ", ".join(k[len(prefix):] for k in siblings)
+    return msg + (f"; valid keys under {prefix[:-1]!r}: {valid}" if prefix
+                  else f"; valid sections: {valid}")
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key, sections included: ['model', 'model.name', ..., 'logging.progress_bar']."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(tp):
+            out.extend(all_keys(tp, prefix + f.name + "."))
+    return out
+
+
+def _field_type(key: str) -> Any:
+    """The annotation of dotted `key` (a valid key from `all_keys`)."""
+    cls, *path, name = [Config, *key.split(".")]
+    for part in path:
+        cls = _hints(cls)[part]
+    return _hints(cls)[name]
+
+
+def _type_name(tp) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, raw: str | None = None) -> Any:
+    """Check `value` against annotation `tp`; convert where unambiguous ("4" -> 4, 1 -> 1.0,
+    "2e-3" -> 0.002: PyYAML reads 2e-3 without a dot as a string)."""
+    def bad(extra: str = ""):
+        return ValueError(f"config key {key!r} expects {_type_name(tp)}, got {value!r} "
+                          f"({type(value).__name__}){extra}")
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad()
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, raw)
+            except ValueError:
+                pass
+        raise bad()
+    if value is None:
+        raise bad(" (null is not allowed here)")
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise bad()
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):   # energy params become keyword arguments
+                raise ValueError(f"config key {key!r}: keys must be strings, got {k!r}")
+            out[k] = _plain(v)
+        return out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    raise bad() from None
+                if f.is_integer():       # "1e3"
+                    return int(f)
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if raw is not None and raw:    # an override: keep the user's text (`hf_name=2023`, not 2023)
+            return raw
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad(" (quote it in YAML if you mean the text)")
+    if tp is Any:
+        return _plain(value)
+    raise TypeError(f"config key {key!r}: unsupported annotation {tp!r}")
+
+
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def _plain(v: Any) -> Any:
+    """Free-form values as plain YAML types (tuples -> lists), so dump_yaml round-trips."""
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+# =========================================================================== validation
+
+DATA_SOURCES = ("builtin", "text", "hf")
+MLPS = ("swiglu", "gelu")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+ON_NONFINITE = ("stop", "skip")
+WANDB_MODES = ("online", "offline", "disabled", "auto")
+
+
+def _one_of(key: str, value: Any, allowed: Sequence[str]) -> str | None:
+    if value in allowed:
+        return None
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{key}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}"
+
+
+def validate(cfg: Config) -> Config:
+    """Raise one ValueError listing every invalid option or combination; return `cfg` if none.
+    Each message names the keys involved and what would fix it."""
+    m, a, d, o, t = cfg.model, cfg.model.attention, cfg.data, cfg.optim, cfg.train
+    errors: list[str] = []
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            errors.append(msg)
+
+    def positive(key: str, value, minimum=1):
+        need(value >= minimum, f"{key} must be >= {minimum}, got {value}")
+
+    # --- model
+    errors.append(_check_model_name(m.name))
+    for key in ("vocab_size", "max_seq_len", "d_model", "num_layers", "num_heads"):
+        positive(f"model.{key}", getattr(m, key))
+    if m.num_heads >= 1 and m.d_model >= 1:
+        need(m.d_model % m.num_heads == 0,
+             f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads} "
+             "(each head gets d_model // num_heads features)")
+        head_dim = m.d_model // m.num_heads
+        need(not (a.rope and m.d_model % m.num_heads == 0 and head_dim % 2),
+             f"RoPE rotates pairs of features, so the head dim d_model/num_heads = {head_dim} "
+             "must be even (change model.d_model/model.num_heads or set model.attention.rope=false)")
+    if a.num_kv_heads is not None:
+        positive("model.attention.num_kv_heads", a.num_kv_heads)
+        if a.num_kv_heads >= 1 and m.num_heads >= 1:
+            need(m.num_heads % a.num_kv_heads == 0,
+                 f"model.num_heads={m.num_heads} is not divisible by model.attention.num_kv_heads="
+                 f"{a.num_kv_heads} (grouped-query attention shares each K/V head across a whole "
+                 "group of query heads)")
+    errors.append(_one_of("model.mlp", m.mlp, MLPS))
+    errors.append(_one_of("model.compute_dtype", m.compute_dtype, COMPUTE_DTYPES))
+    need(m.mlp_ratio > 0, f"model.mlp_ratio must be > 0, got {m.mlp_ratio}")
+    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    need(m.norm_eps > 0, f"model.norm_eps must be > 0, got {m.norm_eps}")
+    need(a.rope_base > 0, f"model.attention.rope_base must be > 0, got {a.rope_base}")
+    errors.extend(_check_energy(a.energy, a.energy_params))
+    need(m.max_seq_len >= d.seq_len,
+         f"model.max_seq_len={m.max_seq_len} is shorter than data.seq_len={d.seq_len}; "
+         "the model could not embed the positions of a training sequence")
+
+    # --- data
+    errors.append(_one_of("data.source", d.source, DATA_SOURCES))
+    need(not (d.source == "text" and not d.path),
+         "data.source=text needs data.path (a local .txt/.jsonl/.parquet file or glob)")
+    need(not (d.source == "hf" and not d.hf_path),
+         "data.source=hf needs data.hf_path (a Hugging Face dataset, e.g. Zyphra/Zyda)")
+    need(bool(d.tokenizer), "data.tokenizer is empty (byte, char, or a Hugging Face tokenizer name)")
+    positive("data.seq_len", d.seq_len)
+    need(0.0 < d.val_fraction < 1.0,
+         f"data.val_fraction must be in (0, 1), got {d.val_fraction} (a validation split is required)")
+    positive("data.val_max_docs", d.val_max_docs)
+    positive("data.shuffle_buffer", d.shuffle_buffer)
+
+    # --- optimizer and schedule
+    need(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    need(o.lr <= 0 or 0 <= o.min_lr <= o.lr,
+         f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}] (the cosine schedule decays "
+         "from lr to min_lr)")
+    need(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    need(o.warmup_steps <= t.steps,
+         f"optim.warmup_steps={o.warmup_steps} exceeds train.steps={t.steps}; the run would end "
+         "before reaching the peak learning rate")
+    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    for key in ("beta1", "beta2"):
+        val = getattr(o, key)
+        need(0.0 <= val < 1.0, f"optim.{key} must be in [0, 1), got {val}")
+    need(o.grad_clip > 0, f"optim.grad_clip must be > 0, got {o.grad_clip} "
+         "(use a large value to effectively disable clipping)")
+    positive("optim.grad_accum", o.grad_accum)
+
+    # --- train
+    for key in ("steps", "batch_size", "eval_every", "eval_batches"):
+        positive(f"train.{key}", getattr(t, key))
+    for key in ("sample_every", "sample_tokens", "top_k"):
+        positive(f"train.{key}", getattr(t, key), minimum=0)
+    need(t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}")
+    errors.append(_one_of("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE))
+    if o.grad_accum >= 1:
+        need(t.batch_size % o.grad_accum == 0,
+             f"train.batch_size={t.batch_size} is not divisible by optim.grad_accum={o.grad_accum} "
+             "(each step accumulates grad_accum equal micro-batches)")
+
+    # --- mesh
+    positive("mesh.data", cfg.mesh.data)
+    positive("mesh.seq", cfg.mesh.seq)
+    need(cfg.mesh.seq <= 1,
+         f"mesh.seq={cfg.mesh.seq}: sequence sharding arrives with the tree-attention work; "
+         "for now use mesh.seq=1 (and mesh.data for data parallelism)")
+    if cfg.mesh.data >= 1 and o.grad_accum >= 1 and t.batch_size % o.grad_accum == 0:
+        micro = t.batch_size // o.grad_accum
+        need(micro % cfg.mesh.data == 0,
+             f"train.batch_size={t.batch_size} is not divisible by mesh.data={cfg.mesh.data}"
+             + (f" (per micro-batch: batch_size / grad_accum = {micro})" if o.grad_accum > 1 else "")
+             + "; each data-parallel device needs an equal share")
+
+    # --- checkpoint and logging
+    positive("checkpoint.every", cfg.checkpoint.every)
+    positive("checkpoint.keep", cfg.checkpoint.keep)
+    errors.append(_one_of("logging.wandb", cfg.logging.wandb, WANDB_MODES))
+    positive("logging.log_every", cfg.logging.log_every)
+
+    errors = [e for e in errors if e]
+    if errors:
+        if len(errors) == 1:
+            raise ValueError(f"invalid config: {errors[0]}")
+        raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
+    return cfg
+
+
+def _check_model_name(name: str) -> str | None:
+    # models/registry.py may not exist yet (or may fail to import while being written): then skip.
+    try:
+        from models import registry
+    except Exception:  # noqa: BLE001
+        return None
+    models = getattr(registry, "MODELS", None)
+    if not isinstance(models, Mapping) or name in models:
+        return None
+    close = difflib.get_close_matches(name, list(models), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown model.name={name!r}{hint} (registered models: {', '.join(sorted(models))})"
+
+
+def _check_energy(energy: str, params: Mapping[str, Any]) -> list[str]:
+    import energy_attn
+    names = energy_attn.available_energies()
+    if energy not in names:
+        close = difflib.get_close_matches(energy, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return [f"unknown energy model.attention.energy={energy!r}{hint} (registered: "
+                f"{', '.join(names)}; register your own with energy_attn.register_energy)"]
+    # Parameters are keyword arguments of the energy function: catch typos here, not inside jit.
+    try:
+        sig = inspect.signature(energy_attn.get_energy(energy))
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return []
+    accepted = [n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and n != "mask"]
+    unknown = [k for k in params if k not in accepted]
+    return [f"model.attention.energy_params.{k}: energy {energy!r} has no parameter {k!r} "
+            f"(its parameters: {', '.join(accepted) or 'none'})" for k in unknown]
+
+
+# =========================================================================== output
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts/lists/scalars (YAML/JSON/W&B friendly)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config; `load_config(path)` gives back an equal Config."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    p.write_text("# resolved energy-attn config: reload with train.config.load_config\n" + text)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing `# ...` comments of a dataclass's fields, read from its source."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+?)\s*$", src, re.MULTILINE):
+        out[match.group(1)] = match.group(2)
+    return out
+
+
+def config_reference() -> str:
+    """A markdown table of every config key: type, default, and the field's comment."""
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+
+    def walk(cls: type, obj: Any, prefix: str):
+        comments = _field_comments(cls)
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], value, prefix + f.name + ".")
+                continue
+            type_str = f.type if isinstance(f.type, str) else _type_name(f.type)
+            default = yaml.safe_dump(_plain(value), default_flow_style=True).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            rows.append(f"| `{prefix}{f.name}` | `{cell(type_str)}` | `{cell(default)}` | "
+                        f"{cell(comments.get(f.name, ''))} |")
+
+    walk(Config, Config(), "")
+    return "\n".join(rows) + "\n"

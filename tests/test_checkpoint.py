@@ -1,0 +1,252 @@
+"""train.checkpoint: Orbax round trips (nnx state, optax state, PRNG keys, meta), the
+keep-N + best policy, async saves, and falling back past damaged checkpoints."""
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from train.checkpoint import CheckpointError, Checkpointer, CheckpointWarning
+
+X = jnp.ones((2, 3))
+
+
+class Tiny(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.lin = nnx.Linear(3, 8, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)     # carries an RNG key + counter in its state
+        self.out = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(self.lin(x)))
+
+
+def make(seed=0, steps=1):
+    """A model and an adamw optimizer with `steps` updates applied (non-trivial state)."""
+    model = Tiny(nnx.Rngs(params=seed, dropout=seed + 1))
+    opt = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+    for _ in range(steps):
+        grads = nnx.grad(lambda m: jnp.sum(m(X) ** 2))(model)
+        opt.update(model, grads)
+    return model, opt
+
+
+def train_state(model, opt, key_seed=7):
+    return {"model": nnx.state(model), "opt": nnx.state(opt), "rng": jax.random.key(key_seed)}
+
+
+def fresh_target():
+    model, opt = make(seed=123, steps=0)
+    return model, opt, train_state(model, opt, key_seed=0)
+
+
+def raw(x):
+    return np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+
+def assert_bitwise_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(raw(x), raw(y))
+        assert raw(x).tobytes() == raw(y).tobytes()
+
+
+def save_steps(run_dir, steps, val_losses=None, **kw):
+    model, opt = make()
+    with Checkpointer(run_dir, **kw) as ckpt:
+        for i, s in enumerate(steps):
+            vl = val_losses[i] if val_losses else None
+            ckpt.save(s, state=train_state(model, opt, key_seed=s), meta={"step": s}, val_loss=vl)
+    return model, opt
+
+
+def test_round_trip_bitwise_into_new_process(tmp_path):
+    model, opt = make(steps=2)
+    state = train_state(model, opt)
+    meta = {"step": 2, "data": {"epoch": 0, "position": 1234}, "config": "tiny",
+            "tokenizer": {"vocab": ["\n", " ", "a", "é"]}}
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    ckpt.save(2, state=state, meta=meta, val_loss=1.5)
+    ckpt.wait()
+    # A second Checkpointer on the same directory is what a new process sees.
+    other = Checkpointer(tmp_path)
+    m2, o2, target = fresh_target()
+    step, restored, meta2 = other.restore_latest(target)
+    assert step == 2 and meta2 == meta
+    assert_bitwise_equal(restored, state)
+    assert jnp.issubdtype(restored["rng"].dtype, jax.dtypes.prng_key)   # still a typed key
+    nnx.update(m2, restored["model"])
+    nnx.update(o2, restored["opt"])
+    assert int(o2.step[...]) == 2
+    np.testing.assert_array_equal(m2(X), model(X))     # same params and same dropout RNG stream
+    ckpt.close()
+    other.close()
+
+
+def test_restore_into_abstract_target_with_current_shardings(tmp_path):
+    mesh = jax.make_mesh((4, 2), ("a", "b"))
+    model, opt = make()
+    saved = jax.device_put(nnx.state(model), NamedSharding(mesh, P()))   # saved replicated
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state={"model": saved}, meta={})
+    # Target: abstract (nnx.eval_shape) with a *different* sharding for one kernel.
+    abstract = nnx.eval_shape(lambda: nnx.state(Tiny(nnx.Rngs(0))))
+    col = NamedSharding(mesh, P(None, "a"))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())), abstract)
+    abstract["lin"]["kernel"].value = jax.ShapeDtypeStruct((3, 8), jnp.float32, sharding=col)
+    with Checkpointer(tmp_path) as ckpt:
+        _, restored, _ = ckpt.restore_latest({"model": abstract})
+    kernel = restored["model"]["lin"]["kernel"][...]
+    assert kernel.sharding == col
+    assert restored["model"]["out"]["kernel"][...].sharding == NamedSharding(mesh, P())
+    assert_bitwise_equal(restored["model"], nnx.state(model))
+
+
+def test_partial_restore_of_model_only(tmp_path):
+    model, opt = save_steps(tmp_path, [5])
+    m2, _, _ = fresh_target()
+    with Checkpointer(tmp_path) as ckpt:
+        step, state, meta = ckpt.restore_latest({"model": nnx.state(m2)}, partial=True)
+    assert step == 5 and set(state) == {"model"} and meta == {"step": 5}
+    assert_bitwise_equal(state["model"], nnx.state(model))
+
+
+def test_keep_n_deletes_old_steps(tmp_path):
+    save_steps(tmp_path, [1, 2, 3, 4, 5], keep=2, keep_best=False)
+    with Checkpointer(tmp_path, keep=2, keep_best=False) as ckpt:
+        assert ckpt.all_steps() == [4, 5] and ckpt.latest_step() == 5
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "5"]
+
+
+def test_keep_best_survives_even_when_older_than_n(tmp_path):
+    save_steps(tmp_path, [1, 2, 3, 4, 5], val_losses=[2.0, 0.5, 1.0, None, 3.0], keep=2)
+    ckpt = Checkpointer(tmp_path, keep=2)          # new instance: val losses read from disk
+    assert ckpt.all_steps() == [2, 4, 5] and ckpt.best_step() == 2
+    model, opt = make()
+    ckpt.save(6, state=train_state(model, opt), meta={}, val_loss=0.25)   # a new best
+    ckpt.save(7, state=train_state(model, opt), meta={}, val_loss=0.9)
+    ckpt.wait()
+    assert ckpt.all_steps() == [6, 7] and ckpt.best_step() == 6
+    _, opt_, target = fresh_target()
+    step, _, meta = ckpt.restore_latest(target, which="best")
+    assert step == 6
+    ckpt.close()
+
+
+def _damage_data(step_dir):
+    for f in (step_dir / "state" / "d").iterdir():
+        os.remove(f)
+
+
+def _truncate(rel):
+    def f(step_dir):
+        with open(step_dir / rel, "r+b") as fh:
+            fh.truncate(5)
+    return f
+
+
+@pytest.mark.parametrize("damage,what", [
+    (_damage_data, "array data deleted"),
+    (_truncate("state/manifest.ocdbt"), "array index truncated"),
+    (_truncate("state/_METADATA"), "tree metadata truncated"),
+    (lambda d: shutil.rmtree(d / "meta"), "meta missing"),
+    (_truncate("meta/metadata"), "meta truncated"),
+])
+def test_damaged_newest_falls_back_to_previous(tmp_path, damage, what):
+    save_steps(tmp_path, [1, 2])
+    damage(tmp_path / "checkpoints" / "2")
+    model, opt = make()
+    ckpt = Checkpointer(tmp_path)
+    _, _, target = fresh_target()
+    with pytest.warns(CheckpointWarning, match=r"step 2 .*could not be restored"):
+        step, state, meta = ckpt.restore_latest(target)
+    assert step == 1 and meta == {"step": 1}, what
+    assert_bitwise_equal(state, train_state(model, opt, key_seed=1))
+    assert ckpt.latest_step() == 1
+    # Training resumes from step 1 and saves step 2 again: the damaged one is moved aside.
+    with pytest.warns(CheckpointWarning, match="moved the unreadable checkpoint at step 2"):
+        ckpt.save(2, state=train_state(model, opt, key_seed=2), meta={"step": 2})
+    ckpt.close()
+    assert (tmp_path / "checkpoints" / "2.unreadable").is_dir()
+    with Checkpointer(tmp_path) as again:
+        assert again.all_steps() == [1, 2]
+        assert again.restore_latest(target)[0] == 2
+
+
+def test_unfinished_save_of_killed_process_is_ignored(tmp_path):
+    save_steps(tmp_path, [1])
+    tmp = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1712345678"
+    (tmp / "state").mkdir(parents=True)
+    (tmp / "state" / "garbage").write_bytes(b"\0" * 10)
+    ckpt = Checkpointer(tmp_path)
+    assert ckpt.all_steps() == [1]
+    _, _, target = fresh_target()
+    with pytest.warns(CheckpointWarning, match="step 2 is unfinished"):
+        assert ckpt.restore_latest(target)[0] == 1
+    model, opt = make()
+    ckpt.save(2, state=train_state(model, opt), meta={})
+    ckpt.close()
+    assert not tmp.exists()
+    assert Checkpointer(tmp_path).all_steps() == [1, 2]
+
+
+def test_restore_right_after_async_save_waits(tmp_path):
+    model, opt = make()
+    state = train_state(model, opt)
+    with Checkpointer(tmp_path, async_save=True) as ckpt:
+        ckpt.save(3, state=state, meta={"step": 3})
+        _, _, target = fresh_target()
+        step, restored, _ = ckpt.restore_latest(target)    # no explicit wait()
+    assert step == 3
+    assert_bitwise_equal(restored, state)
+
+
+def test_async_save_is_safe_against_donated_buffers(tmp_path):
+    """jit donation deletes the old arrays right after the next step: the save must
+    have copied them off the device before save() returned."""
+    model, opt = make()
+    state = jax.tree.map(jnp.copy, train_state(model, opt))
+    expected = jax.tree.map(lambda x: np.array(raw(x)), state)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state=state, meta={})
+        for leaf in jax.tree.leaves(state):
+            leaf.delete()
+    _, _, target = fresh_target()
+    _, restored, _ = Checkpointer(tmp_path).restore_latest(target)
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(raw(x), y)
+
+
+def test_empty_run_dir_returns_none_and_creates_nothing(tmp_path):
+    _, _, target = fresh_target()
+    with Checkpointer(tmp_path / "run") as ckpt:
+        assert ckpt.restore_latest(target) is None
+        assert ckpt.latest_step() is None and ckpt.best_step() is None and ckpt.all_steps() == []
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_nothing_restorable_raises_rather_than_restarting(tmp_path):
+    save_steps(tmp_path, [1])
+    other = {"model": nnx.state(nnx.Linear(4, 4, rngs=nnx.Rngs(0)))}    # a different model
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="config change"):
+            ckpt.restore_latest(other)
+
+
+def test_save_checks(tmp_path):
+    model, opt = make()
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(TypeError, match="JSON"):
+            ckpt.save(1, state=train_state(model, opt), meta={"x": np.zeros(2)})
+        ckpt.save(1, state=train_state(model, opt), meta={})
+        with pytest.raises(CheckpointError, match="already has a checkpoint at step 1"):
+            ckpt.save(1, state=train_state(model, opt), meta={})
+    with pytest.raises(ValueError):
+        Checkpointer(tmp_path, keep=0)

@@ -1,0 +1,89 @@
+"""`energy-attn bench train`: the same model trained twice in one process, once with
+energy attention and once with jax.nn.dot_product_attention in its place.
+
+Both models start from the same initial parameters, see the same batches, and
+run the same jitted step; only the attention call differs. Steps alternate in
+rounds so machine load hits both alike. Prints the step-time ratio (target <= 1).
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from unittest import mock
+
+import jax
+import numpy as np
+from flax import nnx
+
+import energy_attn as ea
+from energy_attn.layer import EnergyAttention
+from models import build_model
+from train.config import Config
+from train.data import build_data
+from train.loop import make_optimizer, make_train_step
+
+
+def _dpa_heads(self, q, k, v, mask):
+    """The baseline: XLA's own attention with the same (dense) mask."""
+    allowed = ea.allowed_pairs(mask, q.shape[1], k.shape[1])
+    return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="xla")
+
+
+def bench_train(cfg: Config, *, steps: int = 60, rounds: int = 3,
+                log=lambda m: print(m, file=sys.stderr)) -> dict:
+    tokenizer, batches, _ = build_data(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
+    accum = cfg.optim.grad_accum
+    data = [{k: np.asarray(v).reshape(accum, -1, *np.shape(v)[1:]) for k, v in next(batches).items()}
+            for _ in range(steps)]
+
+    runs = {}
+    for name, patch in (("energy", nullcontext()),
+                        ("dot_product_attention", mock.patch.object(EnergyAttention, "attend_heads", _dpa_heads))):
+        model = build_model(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed, dropout=cfg.train.seed + 1))
+        optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
+        runs[name] = dict(model=model, optimizer=optimizer, step=make_train_step(accum), patch=patch,
+                          times=[], losses=[])
+
+    def run_steps(r, batch_list, timed):
+        with r["patch"]:
+            for b in batch_list:
+                t0 = time.perf_counter()
+                loss, _ = r["step"](r["model"], r["optimizer"], b)
+                loss = float(loss)
+                if timed:
+                    r["times"].append(time.perf_counter() - t0)
+                r["losses"].append(loss)
+
+    log(f"bench train: {cfg.model.num_layers} layers, d_model {cfg.model.d_model}, "
+        f"batch {cfg.train.batch_size} x {cfg.data.seq_len} tokens, {steps} steps each "
+        f"in {rounds} alternating rounds; compiling …")
+    for r in runs.values():
+        run_steps(r, data[:1], timed=False)          # compile
+    per_round = max(1, (steps - 1) // rounds)
+    for i in range(rounds):
+        chunk = data[1 + i * per_round: 1 + (i + 1) * per_round]
+        for r in runs.values():
+            run_steps(r, chunk, timed=True)
+    res = {}
+    for name, r in runs.items():
+        res[name] = dict(median_ms=1e3 * statistics.median(r["times"]), min_ms=1e3 * min(r["times"]),
+                         final_loss=r["losses"][-1], steps=len(r["losses"]))
+    res["ratio"] = res["energy"]["median_ms"] / res["dot_product_attention"]["median_ms"]
+    res["loss_gap"] = abs(res["energy"]["final_loss"] - res["dot_product_attention"]["final_loss"])
+    return res
+
+
+def format_report(res: dict) -> str:
+    lines = [f"{'attention':<24}{'median ms/step':>16}{'min ms/step':>14}{'final loss':>12}"]
+    for name in ("energy", "dot_product_attention"):
+        r = res[name]
+        lines.append(f"{name:<24}{r['median_ms']:>16.1f}{r['min_ms']:>14.1f}{r['final_loss']:>12.4f}")
+    status = "PASS" if res["ratio"] <= 1.0 else "FAIL"
+    lines.append(f"step-time ratio energy / dot_product_attention: {res['ratio']:.2f}  "
+                 f"(target <= 1.0: {status})")
+    lines.append(f"final-loss difference (same init, same batches): {res['loss_gap']:.2e}")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Open a finished (or running) run directory: its config, tokenizer and model
+restored from a checkpoint. Used by `energy-attn eval` and `energy-attn sample`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flax import nnx
+
+from models import build_model
+from train.checkpoint import Checkpointer
+from train.config import Config, load_config
+from train.tokenizer import CharTokenizer, build_tokenizer
+
+
+class RunNotFound(FileNotFoundError):
+    pass
+
+
+def load_run(run_dir: str | Path, *, which: str = "latest"):
+    """(cfg, tokenizer, model, step) for `run_dir`; which = "latest" or "best"."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise RunNotFound(f"{run_dir} is not a run directory (no config.yaml); "
+                          "train one with `energy-attn train`")
+    cfg: Config = load_config(str(run_dir / "config.yaml"), check=False)  # a saved run may use a custom energy
+    cfg.train.run_dir = str(run_dir)
+    model = build_model(cfg.model, rngs=nnx.Rngs(0))
+    with Checkpointer(run_dir, keep=cfg.checkpoint.keep, keep_best=cfg.checkpoint.keep_best) as ckpt:
+        target = {"model": nnx.state(model)}
+        restored = ckpt.restore_latest(target, which=which, partial=True)
+    if restored is None:
+        raise RunNotFound(f"{run_dir} has no restorable checkpoint yet")
+    step, state, meta = restored
+    nnx.update(model, state["model"])
+    tokenizer = _tokenizer(cfg, meta)
+    return cfg, tokenizer, model, step
+
+
+def _tokenizer(cfg: Config, meta: dict):
+    saved = meta.get("tokenizer")
+    if cfg.data.tokenizer == "char":
+        if not saved:
+            raise RunNotFound("the checkpoint has no saved character vocabulary")
+        return CharTokenizer.from_dict(saved)
+    return build_tokenizer(cfg.data.tokenizer)
