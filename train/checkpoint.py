@@ -62,8 +62,9 @@ class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (damaged, unfinished) or moved aside."""
 
 
-def _warn(msg: str) -> None:
-    warnings.warn(msg, CheckpointWarning, stacklevel=3)
+def _warn(msg: str, depth: int = 0) -> None:
+    """Warn at the line that called the public method (`depth` helper frames below it)."""
+    warnings.warn(msg, CheckpointWarning, stacklevel=3 + depth)
 
 
 def _reason(e: BaseException) -> str:
@@ -136,10 +137,11 @@ class Checkpointer:
                  async_save: bool = True):
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be >= 1 (or None to keep every checkpoint), got {keep}")
-        self.directory = Path(run_dir) / "checkpoints"
+        self.directory = Path(run_dir).absolute() / "checkpoints"   # Orbax wants absolute paths
         self.keep, self.keep_best = keep, keep_best
         self._val_losses: dict[int, float | None] = {}
-        self._unreadable: set[int] = set()     # found damaged by a restore; moved aside at the next save
+        # Steps a restore found damaged; moved aside at the next save.
+        self._unreadable: set[int] = set()
         self._tmp_cleaned = False
         self._closed = False
         options = ocp.CheckpointManagerOptions(
@@ -207,7 +209,8 @@ class Checkpointer:
                 f"{self.directory} already has a checkpoint at step {step}; resume from it "
                 "(checkpoint.resume) or train into a fresh run directory")
         self._val_losses[step] = val
-        self._mngr.save(step, force=True, args=ocp.args.Composite(   # force: the caller decides when
+        # force=True: the caller decides when to save, not Orbax's save-interval policy.
+        self._mngr.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             meta=ocp.args.JsonSave(meta),
             info=ocp.args.JsonSave({"step": step, "val_loss": val}),
@@ -228,7 +231,7 @@ class Checkpointer:
             while dst.exists():
                 dst, i = self.directory / f"{step}.unreadable.{i}", i + 1
             src.rename(dst)
-            _warn(f"moved the unreadable checkpoint at step {step} aside to {dst}")
+            _warn(f"moved the unreadable checkpoint at step {step} aside to {dst}", depth=1)
         self._unreadable.clear()
         self._mngr.reload()
 
@@ -292,7 +295,7 @@ class Checkpointer:
         for step in order:
             try:
                 state, meta = self.restore(step, abstract_state, partial=partial)
-            except Exception as e:  # damaged files raise many types (ValueError, KeyError, OSError, JSONDecodeError)
+            except Exception as e:  # damage shows as ValueError, KeyError, OSError, ...
                 failed.append((step, e))
                 _warn(f"checkpoint step {step} in {self.directory} could not be restored "
                       f"({_reason(e)}); falling back to an older checkpoint")
@@ -309,11 +312,11 @@ class Checkpointer:
         return None
 
     def _warn_unfinished(self) -> None:
-        latest = self.latest_step()
         if not self.directory.is_dir():
             return
+        latest = self.latest_step()
         for p in sorted(self.directory.glob(_TMP_GLOB)):
             m = _TMP_STEP.match(p.name)
             if m and (latest is None or int(m.group(1)) > latest):
-                _warn(f"checkpoint step {m.group(1)} is unfinished (a save in progress, or killed mid-write); "
-                      f"ignoring {p.name}")
+                _warn(f"checkpoint step {m.group(1)} is unfinished (a save in progress, or "
+                      f"killed mid-write); ignoring {p.name}", depth=1)

@@ -9,8 +9,14 @@ Deterministic for a given Python version and platform: modules come from the
 fixed list `sys.stdlib_module_names` (sorted, submodules listed from disk in
 sorted order), members are visited in sorted order, and each docstring is kept
 only the first time it is seen. Modules that fail to import (platform-specific
-ones, optional C extensions missing from a build) are skipped. Under `python -OO`
-docstrings are stripped and only the topics remain.
+ones, optional C extensions missing from a build) are skipped.
+
+Why a subprocess (`python -I -S this_file`): the stdlib as seen from a process
+that has imported other packages is not the stdlib. typing_extensions, for one,
+replaces functions inside `typing`, which would change the corpus depending on
+what was imported first. A fresh isolated interpreter without site-packages sees
+only CPython's own modules, and the ~550 imports stay out of the training
+process. If no subprocess can be started, the corpus is built in-process.
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ import importlib
 import importlib.util
 import inspect
 import io
+import json
 import pkgutil
+import subprocess
 import sys
 import warnings
 
@@ -37,6 +45,15 @@ _SKIP = frozenset({
 def builtin_documents() -> list[str]:
     """Topics (one document each, sorted by name) then one document per stdlib module
     bundling its docstrings. Cached: built once per process (~1 s)."""
+    try:
+        out = subprocess.run([sys.executable, "-I", "-S", __file__], capture_output=True,
+                             timeout=300, check=True)
+        return json.loads(out.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return _build()        # e.g. an embedded interpreter: same text unless typing was patched
+
+
+def _build() -> list[str]:
     from pydoc_data.topics import topics
     docs = [f"{name}\n\n{topics[name].strip()}" for name in sorted(topics) if topics[name].strip()]
     seen: set[str] = set()
@@ -131,3 +148,7 @@ def _own_doc(obj) -> str:
     # obj.__doc__, not inspect.getdoc: getdoc inherits from base classes (duplicates).
     doc = getattr(obj, "__doc__", None)
     return inspect.cleandoc(doc).strip() if isinstance(doc, str) else ""
+
+
+if __name__ == "__main__":       # the isolated builder: JSON (ASCII) on stdout
+    sys.stdout.write(json.dumps(_build()))

@@ -26,7 +26,7 @@ from models import build_model, generate, num_params
 from train.checkpoint import Checkpointer
 from train.config import Config, OptimConfig, dump_yaml, to_dict
 from train.data import build_data
-from train.metrics import MetricsLogger, ProgressBar
+from train.metrics import MetricsLogger, ProgressBar, read_metrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,13 +57,19 @@ def make_mesh(cfg: Config):
     if needed > jax.device_count():
         raise ValueError(f"mesh data={shape[0]} x seq={shape[1]} needs {needed} devices; "
                          f"only {jax.device_count()} are visible")
-    return jax.make_mesh(shape, ("data", "seq"), devices=jax.devices()[:needed])
+    # Auto axes: XLA propagates shardings from the batch; the model code stays sharding-free.
+    return jax.make_mesh(shape, ("data", "seq"), devices=jax.devices()[:needed],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def loss_fn(model, batch, *, deterministic: bool = True):
     logits = model(batch["inputs"], segment_ids=batch["segment_ids"],
                    positions=batch["positions"], deterministic=deterministic)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+
+
+def train_loss(model, batch):
+    return loss_fn(model, batch, deterministic=False)   # dropout on
 
 
 def make_train_step(grad_accum: int):
@@ -73,7 +79,7 @@ def make_train_step(grad_accum: int):
         total_loss, total_grads = 0.0, None
         for i in range(grad_accum):
             micro = jax.tree.map(lambda x: x[i], batch)
-            loss, grads = nnx.value_and_grad(loss_fn)(model, micro, deterministic=False)
+            loss, grads = nnx.value_and_grad(train_loss)(model, micro)
             total_loss = total_loss + loss / grad_accum
             scaled = jax.tree.map(lambda g: g / grad_accum, grads)
             total_grads = scaled if total_grads is None else jax.tree.map(jnp.add, total_grads, scaled)
@@ -177,21 +183,21 @@ def train(cfg: Config, *, log=print) -> RunResult:
                 metrics.log(step, {"loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s})
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put)
-                metrics.log(step, eval_metrics(val_loss, getattr(val_batches, "bytes_per_token", None)),
-                            split="val")
+                val = eval_metrics(val_loss, getattr(val_batches, "bytes_per_token", None))
+                metrics.log(step, val, split="val")
+                log(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
             if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
                 ckpt.save(step, state=_checkpoint_state(model, optimizer),
                           meta={"step": step, "data": train_batches.state(),
                                 "tokenizer": tokenizer.to_dict() if hasattr(tokenizer, "to_dict") else None},
                           val_loss=val_loss if math.isfinite(val_loss) else None)
+        if math.isnan(val_loss):      # resumed at the last step: nothing was evaluated
+            val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put)
+        _write_samples(model, tokenizer, cfg, run_dir, log)
     finally:
         bar.close()
         ckpt.close()          # waits for the async save: never exit with a half-written checkpoint
-    if step > start_step or math.isnan(val_loss):
-        if math.isnan(val_loss):
-            val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put)
-        _write_samples(model, tokenizer, cfg, run_dir, log)
-    metrics.close()
+        metrics.close()
     _plot_losses(run_dir)
     wall = time.perf_counter() - t_start
     log(f"done: step {step}, train loss {loss:.4f}, val loss {val_loss:.4f} "
@@ -222,18 +228,12 @@ def _write_samples(model, tokenizer, cfg: Config, run_dir: Path, log):
 
 def _plot_losses(run_dir: Path):
     """loss.png: train and val loss against step, from metrics.jsonl."""
-    import json
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return
     curves: dict[str, list] = {"train": [], "val": []}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_metrics(run_dir):
         split = row.get("split", "train")
         if split in curves and "loss" in row:
             curves[split].append((row["step"], row["loss"]))

@@ -118,15 +118,25 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")   # append: a resumed run keeps its history
+        # Append, never truncate: a resumed run keeps its history.
+        self._file = open(self.path, "a", encoding="utf-8")
         if self._file.tell() > 0 and not _ends_with_newline(self.path):
             self._file.write("\n")   # a killed writer left half a line; keep ours on its own line
             self._file.flush()
-        if config is not None:
-            self._write_config(config)
         self.run = None
         self.wandb_mode = "disabled"
-        self._start_wandb(resolve_wandb_mode(wandb_mode), project, config, run_name)
+        mode = resolve_wandb_mode(wandb_mode)     # a bad mode name is a config error: raise
+        try:
+            if config is not None:
+                self._write_config(config)
+        except Exception as e:
+            _warn(f"could not write {self.run_dir / 'config.yaml'} ({_reason(e)})")
+        try:
+            self._start_wandb(mode, project, config, run_name)
+        except Exception as e:   # e.g. wandb_id.txt not writable
+            self._finish_wandb()
+            _warn(f"wandb setup failed ({_reason(e)}); wandb disabled, "
+                  f"metrics go to {self.path} only")
 
     # ---------------------------------------------------------------- config
 
@@ -151,26 +161,33 @@ class MetricsLogger:
         try:
             import wandb
         except Exception as e:  # not installed / broken install
-            _warn(f"wandb unavailable ({type(e).__name__}: {e}); metrics go to {self.path} only")
+            _warn(f"wandb unavailable ({_reason(e)}); metrics go to {self.path} only")
             return
         run_id = self._wandb_id()
         tried = []
         for m in ([mode, "offline"] if mode == "online" else [mode]):
+            run = None
             try:
-                self.run = wandb.init(
+                run = wandb.init(
                     dir=str(self.run_dir), mode=m, project=project, id=run_id,
                     name=run_name or self.run_dir.name, resume="allow",
+                    allow_val_change=True,  # a resumed run may change e.g. train.steps
                     config=_plain(config) if config is not None else None,
                     reinit="create_new",    # our own Run object; no global run to clash with
                     # console="off": W&B does not wrap stdout (the progress bar owns it).
                     settings=wandb.Settings(console="off", silent=True))
-                self.run.define_metric("step")
-                self.run.define_metric("*", step_metric="step")   # resumed runs may repeat steps
-                self.wandb_mode = m
-                break
+                run.define_metric("step")
+                run.define_metric("*", step_metric="step")   # resumed runs may repeat steps
             except Exception as e:
-                self.run = None
                 tried.append(f"{m}: {_reason(e)}")
+                if run is not None:
+                    try:
+                        run.finish()
+                    except Exception:
+                        pass
+                continue
+            self.run, self.wandb_mode = run, m
+            break
         if self.run is None:
             _warn(f"wandb init failed ({'; '.join(tried)}); wandb disabled, "
                   f"metrics go to {self.path} only")
@@ -203,8 +220,9 @@ class MetricsLogger:
         except Exception:
             pass
         (self.run_dir / "wandb_run.json").write_text(json.dumps(info, indent=1) + "\n")
-        where = info.get("url") or (f"{info['offline_dir']} (upload later: wandb sync "
-                                    f"{info['offline_dir']})" if "offline_dir" in info else "")
+        where = info.get("url") or ""
+        if "offline_dir" in info:
+            where = f"in {info['offline_dir']} (upload later: wandb sync {info['offline_dir']})"
         print(f"wandb: {self.wandb_mode} run {self.run.id} {where}".rstrip(), file=sys.stderr)
 
     # ---------------------------------------------------------------- logging
@@ -221,7 +239,7 @@ class MetricsLogger:
                 self.run.log({"step": int(step),
                               **{f"{split}/{k}": _scalar(v) for k, v in metrics.items()}})
             except Exception as e:
-                _warn(f"wandb log failed ({type(e).__name__}: {e}); wandb disabled for this run")
+                _warn(f"wandb log failed ({_reason(e)}); wandb disabled for this run")
                 self._finish_wandb()
 
     def _finish_wandb(self) -> None:
@@ -230,7 +248,7 @@ class MetricsLogger:
             try:
                 run.finish()
             except Exception as e:
-                _warn(f"wandb finish failed ({type(e).__name__}: {e})")
+                _warn(f"wandb finish failed ({_reason(e)})")
 
     def close(self) -> None:
         self._finish_wandb()

@@ -151,15 +151,18 @@ def _hub_error(name: str, e: Exception) -> str:
     if kind in ("RepositoryNotFoundError", "GatedRepoError"):
         return (f"could not load tokenizer {name!r} from the Hugging Face hub: {kind} "
                 "(check the name, or log in for gated models); use tokenizer: byte or char")
-    why = "HF_HUB_OFFLINE is set" if hub_offline() else kind
+    var = offline_env("HF_HUB_OFFLINE")
+    why = f"{var} is set" if var else kind
     return (f"could not load tokenizer {name!r} from the Hugging Face hub (offline or "
             f"unreachable): {why}; use tokenizer: byte or char, or run where the hub is reachable")
 
 
-def hub_offline() -> bool:
-    """True when the environment puts Hugging Face libraries in offline mode."""
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def offline_env(*names: str) -> str | None:
+    """The first of these environment variables that switches Hugging Face offline, if any."""
+    for v in names:
+        if os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return v
+    return None
 
 
 def build_tokenizer(name: str, *, corpus_text: str | None = None) -> Tokenizer:

@@ -1,0 +1,163 @@
+"""The trainer end to end on the built-in corpus: outputs, determinism, exact resume
+after SIGKILL, non-finite losses, data parallelism, and the CLI around it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.cli import main
+from train.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.max_seq_len=32",
+        "data.seq_len=32", "train.batch_size=4", "train.eval_batches=2", "optim.warmup_steps=2",
+        "logging.progress_bar=false", "logging.wandb=disabled", "train.sample_tokens=20"]
+
+
+def tiny(run_dir, *extra):
+    return load_config(None, [*TINY, f"train.run_dir={run_dir}", *extra])
+
+
+def metrics(run_dir, split="train"):
+    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("split", "train") == split]
+
+
+def test_training_writes_everything_and_learns(tmp_path):
+    from train.loop import train
+    run = tmp_path / "run"
+    result = train(tiny(run, "train.steps=40", "train.eval_every=20", "checkpoint.every=20",
+                        "optim.lr=3e-3"), log=lambda *_: None)
+    for name in ("config.yaml", "metrics.jsonl", "samples.txt", "loss.png"):
+        assert (run / name).exists(), name
+    assert (run / "checkpoints").is_dir()
+    train_rows, val_rows = metrics(run), metrics(run, "val")
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.5     # byte-level: starts near log(257)
+    assert {"loss", "perplexity", "bits_per_byte"} <= set(val_rows[-1])
+    assert result.step == 40 and np.isfinite(result.val_loss)
+
+
+def test_two_identical_runs_give_identical_losses(tmp_path):
+    from train.loop import train
+    a = train(tiny(tmp_path / "a", "train.steps=6", "logging.log_every=1"), log=lambda *_: None)
+    b = train(tiny(tmp_path / "b", "train.steps=6", "logging.log_every=1"), log=lambda *_: None)
+    assert [r["loss"] for r in metrics(tmp_path / "a")] == [r["loss"] for r in metrics(tmp_path / "b")]
+    assert a.val_loss == b.val_loss
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    from train.loop import train
+    one = train(tiny(tmp_path / "one", "train.steps=3", "logging.log_every=1"), log=lambda *_: None)
+    two = train(tiny(tmp_path / "two", "train.steps=3", "logging.log_every=1", "optim.grad_accum=2"),
+                log=lambda *_: None)
+    np.testing.assert_allclose([r["loss"] for r in metrics(tmp_path / "one")],
+                               [r["loss"] for r in metrics(tmp_path / "two")], rtol=1e-5)
+    np.testing.assert_allclose(one.val_loss, two.val_loss, rtol=1e-5)
+
+
+def test_data_parallel_mesh_matches_one_device(tmp_path):
+    from train.loop import train
+    one = train(tiny(tmp_path / "one", "train.steps=3", "logging.log_every=1"), log=lambda *_: None)
+    four = train(tiny(tmp_path / "four", "train.steps=3", "logging.log_every=1", "mesh.data=4"),
+                 log=lambda *_: None)
+    np.testing.assert_allclose([r["loss"] for r in metrics(tmp_path / "one")],
+                               [r["loss"] for r in metrics(tmp_path / "four")], rtol=1e-5)
+    np.testing.assert_allclose(one.val_loss, four.val_loss, rtol=1e-5)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    from train.loop import TrainingDiverged, train
+    run = tmp_path / "run"
+    # A huge learning rate blows the parameters up within a few steps.
+    cfg = tiny(run, "train.steps=200", "checkpoint.every=1", "optim.lr=1e9", "optim.min_lr=1e9",
+               "optim.warmup_steps=0", "optim.grad_clip=1e9")
+    with pytest.raises(TrainingDiverged, match="non-finite .*last good checkpoint"):
+        train(cfg, log=lambda *_: None)
+    from train.run import load_run
+    _, _, model, step = load_run(run)
+    from flax import nnx
+    import jax
+    assert step >= 1
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_nonfinite_skip_mode_keeps_going(tmp_path):
+    from train.loop import train
+    cfg = tiny(tmp_path / "run", "train.steps=8", "optim.lr=1e9", "optim.min_lr=1e9",
+               "optim.warmup_steps=0", "optim.grad_clip=1e9", "train.on_nonfinite=skip")
+    result = train(cfg, log=lambda *_: None)
+    assert result.step == 8
+
+
+def _cli(run_dir, steps, *extra):
+    return [sys.executable, "-m", "train.cli", "train", *TINY, f"train.run_dir={run_dir}",
+            f"train.steps={steps}", "checkpoint.every=5", "logging.log_every=1", *extra]
+
+
+def _final_params(run_dir):
+    from flax import nnx
+    import jax
+    from train.run import load_run
+    _, _, model, step = load_run(run_dir)
+    return step, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def test_sigkill_then_rerun_resumes_exactly(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    steps = 40
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(straight, steps), check=True, env=env, cwd=REPO, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed, steps), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:   # wait until a checkpoint past step 10 exists, then kill -9
+        done = [p for p in (killed / "checkpoints").glob("*") if p.name.isdigit() and int(p.name) >= 15]
+        if done or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(_cli(killed, steps), env=env, cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from step" in resumed.stdout + resumed.stderr
+
+    step_a, params_a = _final_params(straight)
+    step_b, params_b = _final_params(killed)
+    assert step_a == step_b == steps
+    for a, b in zip(params_a, params_b):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # the last logged training loss is the same too
+    assert metrics(straight)[-1]["loss"] == pytest.approx(metrics(killed)[-1]["loss"], abs=1e-6)
+
+
+def test_cli_train_eval_sample(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, f"train.run_dir={run}", "train.steps=4"]) == 0
+    assert main(["eval", "--run", str(run), "--batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "loss" in out and "bits_per_byte" in out
+    assert main(["sample", "--run", str(run), "--prompt", "The energy", "--max-new-tokens", "8",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("The energy")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "model.num_layer=2"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'model.num_layers'" in err and "Traceback" not in err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["train", *TINY, f"train.run_dir={tmp_path / 'r'}", "data.seq_len=100000",
+                 "model.max_seq_len=100000"]) == 2
+    assert "seq_len" in capsys.readouterr().err
