@@ -183,7 +183,7 @@ def test_hf_tokenizer_hub_failure_message(monkeypatch):
 
 
 def test_hf_tokenizer_from_local_json(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")          # optional: not a project dependency
+    import tokenizers                                       # a project dependency
     from tokenizers import decoders, models, pre_tokenizers, trainers
     tk = tokenizers.Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -62,6 +62,14 @@ def test_source_derivatives_at_nonzero_zeta(impl):
     u = jax.random.normal(jax.random.PRNGKey(5), zeta.shape)
     hvp = lambda f: jax.grad(lambda z: jnp.vdot(jax.grad(f)(z), u))(zeta)
     np.testing.assert_allclose(hvp(fast), hvp(slow), atol=1e-5)
+    # ζ held fixed at a non-zero value while q, k, v vary (the shortcut must not apply)
+    energy = ea.get_energy("softmax")
+    train_like = lambda f: jax.grad(lambda q, k, v: jnp.sum(u * jax.grad(
+        lambda z: f(q, k, v, z))(zeta)), argnums=(0, 1, 2))(q, k, v)
+    got = train_like(lambda q, k, v, z: energy(q, k, v, z, mask=ea.causal(), impl=impl, **OPTS))
+    want = train_like(lambda q, k, v, z: softmax_reference(q, k, v, z, mask=ea.causal()))
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, atol=2e-5, rtol=1e-4)
 
 
 def test_kv_cache_style_traced_offset():

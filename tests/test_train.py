@@ -158,6 +158,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
     assert main(["eval", "--run", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
-    assert main(["train", *TINY, f"train.run_dir={tmp_path / 'r'}", "data.seq_len=100000",
-                 "model.max_seq_len=100000"]) == 2
-    assert "seq_len" in capsys.readouterr().err
+    small = tmp_path / "small.txt"
+    small.write_text("A corpus far shorter than one block. " * 5)
+    assert main(["train", *TINY, f"train.run_dir={tmp_path / 'r'}", "data.source=text",
+                 f"data.path={small}", "data.seq_len=512", "model.max_seq_len=512"]) == 2
+    err = capsys.readouterr().err
+    assert "seq_len" in err and "Traceback" not in err

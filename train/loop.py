@@ -84,7 +84,7 @@ def make_train_step(grad_accum: int):
             scaled = jax.tree.map(lambda g: g / grad_accum, grads)
             total_grads = scaled if total_grads is None else jax.tree.map(jnp.add, total_grads, scaled)
         optimizer.update(model, total_grads)
-        return total_loss, optax.global_norm(total_grads)
+        return total_loss, optax.tree.norm(total_grads)
     return train_step
 
 

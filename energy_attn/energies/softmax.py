@@ -13,9 +13,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from ..autodiff import all_symbolic_zero, instantiate_zeros
 from ..kernels import softmax_attention
 from ..masks import Mask, as_mask
 from ..primitives import default_beta, logsumexp, scores, source
@@ -45,27 +45,14 @@ def _softmax_fast(impl, block_q, block_k, q, k, v, zeta, mask, beta):
     return lse.sum()
 
 
-def _is_zero(t):
-    return all(isinstance(x, SymbolicZero) for x in jax.tree_util.tree_leaves(
-        t, is_leaf=lambda x: isinstance(x, SymbolicZero)))
-
-
-def _instantiate(t):
-    def inst(x):
-        if not isinstance(x, SymbolicZero):
-            return x
-        return np.zeros(x.shape, x.dtype) if x.dtype == jax.dtypes.float0 else jnp.zeros(x.shape, x.dtype)
-    return jax.tree_util.tree_map(inst, t, is_leaf=lambda x: isinstance(x, SymbolicZero))
-
-
 @partial(_softmax_fast.defjvp, symbolic_zeros=True)
 def _softmax_fast_jvp(impl, block_q, block_k, primals, tangents):
     q, k, v, zeta, mask, beta = primals
     dq, dk, dv, dzeta, dmask, dbeta = tangents
-    if not all(_is_zero(t) for t in (dq, dk, dv, dmask, dbeta)):
+    if not all(all_symbolic_zero(t) for t in (dq, dk, dv, dmask, dbeta)):
         # A derivative other than ∂/∂ζ: use the definition (exact, O(T²) memory).
         ref = lambda q, k, v, z, m, b: softmax_reference(q, k, v, z, mask=m, beta=b)
-        return jax.jvp(ref, primals, _instantiate(tangents))
+        return jax.jvp(ref, primals, instantiate_zeros(tangents))
     out, lse = softmax_attention(q, k, v, zeta, mask, beta, impl, block_q, block_k)
     if isinstance(dzeta, SymbolicZero):
         return lse.sum(), jnp.zeros((), lse.dtype)

@@ -16,7 +16,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
+from ..autodiff import instantiate_zeros
 from ..masks import Mask
 from .blockwise import attention_blocks
 from .flash import flash_attention
@@ -109,6 +111,20 @@ def _zero_source_shortcut(kernel, block, q, k, v, zeta, mask):
                         lambda: kernel(q, k, v, zeta, mask, block))
 
 
-@_zero_source_shortcut.defjvp
+@partial(_zero_source_shortcut.defjvp, symbolic_zeros=True)
 def _zero_source_shortcut_jvp(kernel, block, primals, tangents):
-    return jax.jvp(lambda *a: kernel(*a, block), primals, tangents)
+    q, k, v, zeta, mask = primals
+    dq, dk, dv, dmask = instantiate_zeros((tangents[0], tangents[1], tangents[2], tangents[4]))
+    dzeta = tangents[3]
+    if not isinstance(dzeta, SymbolicZero):
+        return jax.jvp(lambda *a: kernel(*a, block), primals, (dq, dk, dv, dzeta, dmask))
+    # ζ is held fixed (training differentiates in q, k, v only). Where it is zero,
+    # its ζ·v term adds nothing to the value or to any q/k/v tangent, so skip it
+    # there too; the derivative stays exact.
+    without = lambda q, k, v, mask: kernel(q, k, v, None, mask, block)
+    with_zeta = lambda q, k, v, mask: kernel(q, k, v, zeta, mask, block)
+    args, dargs = (q, k, v, mask), (dq, dk, dv, dmask)
+    return jax.lax.cond(jnp.all(zeta == 0),
+                        lambda: jax.jvp(without, args, dargs),
+                        lambda: jax.jvp(with_zeta, args, dargs))
+
