@@ -93,20 +93,46 @@ def _split_params(params):
     return static, arrays
 
 
-@partial(jax.jit, static_argnums=(0, 5))
-def _value_and_source_grad(fn, q, k, v, mask, static_params, array_params):
-    params = dict(static_params, **array_params)
+def _source_value_and_grad(fn, q, k, v, mask, params):
     return jax.value_and_grad(_scalar_energy(fn, q, k, v, mask, params))(_zero_source(q, v))
+
+
+def _score_gradient(fn, q, k, v, mask, params):
+    zero_bias = jnp.zeros((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), q.dtype)
+
+    def energy_of_bias(b):
+        return _scalar_energy(fn, q, k, v, mask & Mask(bias=b), params)(_zero_source(q, v))
+    return jax.grad(energy_of_bias)(zero_bias)
+
+
+def _source_hessian_blocks(fn, q, k, v, mask, params):
+    zeta0 = _zero_source(q, v)
+    _, pullback = jax.vjp(jax.grad(_scalar_energy(fn, q, k, v, mask, params)), zeta0)
+    basis = jnp.eye(v.shape[-1], dtype=q.dtype)[:, None, None, None, :] * jnp.ones_like(zeta0)
+    cols = jax.vmap(lambda e: pullback(e)[0])(basis)          # (Dv, B, Tq, H, Dv)
+    return jnp.moveaxis(cols, 0, -1)                             # [..., d, e]
+
+
+@partial(jax.jit, static_argnums=(0, 1, 6))
+def _derive_jit(derivation, fn, q, k, v, mask, static_params, array_params):
+    return derivation(fn, q, k, v, mask, dict(static_params, **array_params))
+
+
+def _derive(derivation, fn, q, k, v, mask, params):
+    """Run a derivation under jit, so that eager calls reuse compiled code."""
+    static, arrays = _split_params(params)
+    if static is None:       # unhashable options: trace without the jit cache
+        return derivation(fn, q, k, v, mask, params)
+    return _derive_jit(derivation, fn, q, k, v, mask, static, arrays)
+
+
+# --------------------------------------------------------------- the contract
 
 
 def attend_with_energy(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
     """(∂F/∂ζ at 0, F at 0): the attention output and the energy (summed log-partition)."""
     fn, mask, q, k, v, out_dtype, unbatched = _prepare(energy, q, k, v, mask)
-    static, arrays = _split_params(params)
-    if static is None:       # unhashable options: trace without the jit cache
-        f, out = jax.value_and_grad(_scalar_energy(fn, q, k, v, mask, params))(_zero_source(q, v))
-    else:                    # jit so that eager calls reuse compiled code
-        f, out = _value_and_source_grad(fn, q, k, v, mask, static, arrays)
+    f, out = _derive(_source_value_and_grad, fn, q, k, v, mask, params)
     if unbatched:
         out = out[0]
     return out.astype(out_dtype), f
@@ -130,11 +156,7 @@ def attention_weights(energy: str | Callable, q, k, v=None, *, mask: Mask | None
     if v is None:
         v = jnp.zeros(k.shape[:-1] + (1,), jnp.result_type(k))
     fn, mask, q, k, v, _, unbatched = _prepare(energy, q, k, v, mask)
-    zero_bias = jnp.zeros((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), q.dtype)
-
-    def energy_of_bias(b):
-        return _scalar_energy(fn, q, k, v, mask & Mask(bias=b), params)(_zero_source(q, v))
-    w = jax.grad(energy_of_bias)(zero_bias)
+    w = _derive(_score_gradient, fn, q, k, v, mask, params)
     return w[0] if unbatched else w
 
 
@@ -147,11 +169,5 @@ def posterior_covariance(energy: str | Callable, q, k, v, *, mask: Mask | None =
     every block (reverse-over-reverse also works with the flash kernel).
     """
     fn, mask, q, k, v, _, unbatched = _prepare(energy, q, k, v, mask)
-    zeta0 = _zero_source(q, v)
-    grad_fn = jax.grad(_scalar_energy(fn, q, k, v, mask, params))
-    _, pullback = jax.vjp(grad_fn, zeta0)
-    dv = v.shape[-1]
-    basis = jnp.eye(dv, dtype=q.dtype)[:, None, None, None, :] * jnp.ones_like(zeta0)
-    cols = jax.vmap(lambda e: pullback(e)[0])(basis)          # (Dv, B, Tq, H, Dv)
-    cov = jnp.moveaxis(cols, 0, -1)                              # [..., d, e]
+    cov = _derive(_source_hessian_blocks, fn, q, k, v, mask, params)
     return cov[0] if unbatched else cov
