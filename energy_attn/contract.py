@@ -79,7 +79,7 @@ def _zero_source(q, v):
     return jnp.zeros(q.shape[:-1] + (v.shape[-1],), q.dtype)
 
 
-# --------------------------------------------------------------- the contract
+# --------------------------------------------------------------- derivations
 
 
 def _split_params(params):

@@ -1,6 +1,7 @@
 """The `energy-attn` command.
 
     energy-attn bench attention            # softmax energy vs dot_product_attention, all energies, T=32k memory
+    energy-attn viz report --run runs/default --out report/   # energy-landscape pictures + index.html
 
 One argparse tree; each subcommand is an `_add_<name>(subparsers)` function that
 declares its flags and sets `handler`. Later commands (train, sample, viz,
@@ -251,6 +252,205 @@ def _sample(args):
     return 0
 
 
+# ------------------------------------------------------------------ viz
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def positive_float_list(text):
+    values = [positive_float(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return values
+
+
+def _add_viz(sub):
+    p = _parser(sub, "viz", help="pictures of energy landscapes, basins, retrieval and trained heads",
+                description=(
+                    "Energy-landscape pictures (PNG). `report` writes all of them plus index.html;\n"
+                    "the other subcommands write one picture each. The retrieval energy of an energy\n"
+                    "F is E(ξ) = −F(ξ; keys = values = patterns)/β + ½‖ξ‖² (see energy_attn.landscape)."),
+                example="energy-attn viz report --run runs/default --out report/")
+    viz = p.add_subparsers(dest="picture", metavar="PICTURE", required=True)
+
+    def common(q, out, *, grid=True):
+        q.add_argument("--out", default=out, metavar="PATH", help=f"output (default {out})")
+        q.add_argument("--seed", type=int, default=0, help="toy patterns and start points (default 0)")
+        if grid:
+            q.add_argument("--grid", type=positive_int, default=60,
+                           help="grid points per side (default 60)")
+
+    q = _parser(viz, "report", help="every picture plus index.html",
+                description=("Writes the toy pictures (landscapes, basins, energy curves, beta sweep)\n"
+                             "and, with --run, the trained-model pictures (attention maps, head\n"
+                             "classes, one head's landscape), plus index.html gathering them."),
+                example="energy-attn viz report --run runs/default --out report/\n"
+                        "  energy-attn viz report --out report/          # toy pictures only")
+    q.add_argument("--run", default=None, metavar="DIR", help="trained run directory (optional)")
+    _model_options(q)
+    common(q, "report")
+    q.set_defaults(handler=_viz, prog=q.prog)
+
+    q = _parser(viz, "landscape", help="filled contours of the retrieval energy, with trajectories",
+                description=("Contours of E(ξ) over a plane for each energy: 2-D toy patterns, or with\n"
+                             "--dim > 2 the plane through the origin and stored patterns 0 and 1.\n"
+                             "Retrieval trajectories ξ ← ∂F/∂ζ are drawn from a few start points."),
+                example="energy-attn viz landscape --energy softmax,sparsemax --beta 4 --out landscape.png\n"
+                        "  energy-attn viz landscape --energy softmax --dim 16 --beta 1 --out plane.png")
+    q.add_argument("--energy", type=name_list, default=["softmax", "sparsemax", "entmax"],
+                   metavar="A,B,...", help="energies, one panel each (default softmax,sparsemax,entmax)")
+    q.add_argument("--beta", type=positive_float, default=2.0, help="inverse temperature (default 2)")
+    q.add_argument("--patterns", type=positive_int, default=5, help="stored patterns (default 5)")
+    q.add_argument("--dim", type=positive_int, default=2, help="pattern width (default 2)")
+    common(q, "landscape.png")
+    q.set_defaults(handler=_viz, prog=q.prog)
+
+    q = _parser(viz, "basins", help="basins of attraction: the pattern each start converges to",
+                description=("A grid of initial states run to convergence, coloured by the stored\n"
+                             "pattern reached (grey: metastable mixture or not converged). One panel per\n"
+                             "(energy, beta); default: softmax at 0.5,1,2,8 and sparsemax, entmax at 0.5."),
+                example="energy-attn viz basins --energy softmax,entmax --beta 0.5,2 --grid 80")
+    q.add_argument("--energy", type=name_list, default=None, metavar="A,B,...",
+                   help="energies (panels: every energy at every --beta)")
+    q.add_argument("--beta", type=positive_float_list, default=None, metavar="B1,B2,...",
+                   help="inverse temperatures (default with --energy: 0.5,1,2,8)")
+    q.add_argument("--patterns", type=positive_int, default=5, help="stored patterns (default 5)")
+    common(q, "basins.png")
+    q.set_defaults(handler=_viz, prog=q.prog)
+
+    q = _parser(viz, "curves", help="energy against iteration (Hopfield, other energies, ET)",
+                description=("Retrieval energy along the updates: softmax (hopfield.retrieve) at each\n"
+                             "--beta, the other --energy at --other-beta, and an Energy Transformer block."),
+                example="energy-attn viz curves --beta 0.5,2 --energy sparsemax,entmax --out curves.png")
+    q.add_argument("--beta", type=positive_float_list, default=[0.5, 1.0, 2.0, 4.0], metavar="B1,B2,...",
+                   help="softmax inverse temperatures (default 0.5,1,2,4)")
+    q.add_argument("--energy", type=name_list, default=["sparsemax", "entmax", "sigmoid", "distance"],
+                   metavar="A,B,...", help="other energies (default sparsemax,entmax,sigmoid,distance)")
+    q.add_argument("--other-beta", type=positive_float, default=0.5,
+                   help="inverse temperature of the other energies (default 0.5)")
+    q.add_argument("--steps", type=positive_int, default=15, help="updates (default 15)")
+    common(q, "curves.png", grid=False)
+    q.set_defaults(handler=_viz, prog=q.prog)
+
+    q = _parser(viz, "beta-sweep", help="retrieval quality and metastable states against beta",
+                description=("Noisy copies of clustered stored patterns are retrieved at log-spaced\n"
+                             "betas; plots accuracy, mean cosine to the target, and metastable mixtures."),
+                example="energy-attn viz beta-sweep --beta-min 0.1 --beta-max 100 --num-betas 20")
+    q.add_argument("--energy", default="softmax", help="energy to iterate (default softmax)")
+    q.add_argument("--beta-min", type=positive_float, default=0.5, help="smallest beta (default 0.5)")
+    q.add_argument("--beta-max", type=positive_float, default=200.0, help="largest beta (default 200)")
+    q.add_argument("--num-betas", type=positive_int, default=16, help="betas (default 16)")
+    q.add_argument("--noise", type=float, default=0.5,
+                   help="query noise relative to the pattern norm (default 0.5)")
+    q.add_argument("--queries-per-pattern", type=positive_int, default=8, help="(default 8)")
+    common(q, "beta_sweep.png", grid=False)
+    q.set_defaults(handler=_viz, prog=q.prog)
+
+    q = _parser(viz, "model", help="a trained run: attention maps, head classes, a head's landscape",
+                description=("Writes model_attention.png, model_heads.png and model_landscape.png for\n"
+                             "a prompt: the energy's attention map per layer/head, each head's class\n"
+                             "(global / metastable / single), and one head's energy landscape in the\n"
+                             "plane of its two strongest keys."),
+                example='energy-attn viz model --run runs/default --prompt "The energy of" --layer 1 --head 0')
+    q.add_argument("--run", required=True, metavar="DIR", help="trained run directory")
+    _model_options(q)
+    common(q, "viz-model", grid=True)
+    q.set_defaults(handler=_viz, prog=q.prog)
+
+
+def _model_options(q):
+    q.add_argument("--prompt", default=None,
+                   help="prompt for the model pictures (default: a built-in sentence)")
+    q.add_argument("--layer", type=int, default=0, help="layer of the head landscape (default 0)")
+    q.add_argument("--head", type=int, default=0, help="head of the head landscape (default 0)")
+    q.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+
+
+def _check_energies(flag, names):
+    import energy_attn as ea
+    known = ea.available_energies()
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise CLIError(f"{flag}: unknown energy {name!r}.{hint} Registered: {', '.join(known)}")
+
+
+def _picture_path(out, default_name):
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        return os.path.join(out, default_name)
+    return out
+
+
+def _viz(args):
+    from train.run import RunNotFound
+    try:
+        return _viz_picture(args)
+    except (RunNotFound, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        raise CLIError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def _viz_picture(args):
+    from energy_attn import landscape as ls
+    say = lambda path: print(f"wrote {path}", file=sys.stderr)    # noqa: E731
+    kind = args.picture
+    if kind in ("report", "model"):
+        prompt = args.prompt if args.prompt is not None else ls.DEFAULT_PROMPT
+        if kind == "report":
+            res = ls.report(args.out, run_dir=args.run, seed=args.seed, grid=args.grid,
+                            prompt=prompt, layer=args.layer, head=args.head,
+                            which=args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+            print(res["index"])
+            return 0
+        res = ls.plot_model(args.run, args.out, prompt=prompt, layer=args.layer, head=args.head,
+                            grid=args.grid, which=args.checkpoint)
+        for r in res.values():
+            say(r["path"])
+        return 0
+    if kind == "landscape":
+        _check_energies("--energy", args.energy)
+        if args.dim == 1:
+            raise CLIError("--dim must be at least 2 (the picture is a plane)")
+        if args.dim > 2 and args.patterns < 2:
+            raise CLIError("--dim > 2 needs --patterns >= 2 (the plane goes through patterns 0 and 1)")
+        patterns = ls.toy_patterns(args.patterns, dim=args.dim, seed=args.seed,
+                                   radius=2.0 if args.dim == 2 else 3.0)
+        res = ls.plot_landscape(args.energy, patterns, beta=args.beta, grid=args.grid, seed=args.seed,
+                                out=_picture_path(args.out, "landscape.png"))
+    elif kind == "basins":
+        if args.energy is None and args.beta is None:
+            panels = ls.DEFAULT_BASIN_PANELS
+        else:
+            energies = args.energy or ["softmax"]
+            _check_energies("--energy", energies)
+            panels = [(e, b) for e in energies for b in (args.beta or [0.5, 1.0, 2.0, 8.0])]
+        res = ls.plot_basins(ls.toy_patterns(args.patterns, seed=args.seed), panels, grid=args.grid,
+                             seed=args.seed, out=_picture_path(args.out, "basins.png"))
+    elif kind == "curves":
+        _check_energies("--energy", args.energy)
+        res = ls.plot_curves(betas=args.beta, energies=args.energy, other_beta=args.other_beta,
+                             steps=args.steps, seed=args.seed, out=_picture_path(args.out, "curves.png"))
+    else:  # beta-sweep
+        _check_energies("--energy", [args.energy])
+        if args.beta_min >= args.beta_max:
+            raise CLIError(f"--beta-min ({args.beta_min}) must be below --beta-max ({args.beta_max})")
+        import numpy as np
+        res = ls.plot_beta_sweep(betas=np.geomspace(args.beta_min, args.beta_max, args.num_betas),
+                                 seed=args.seed, noise=args.noise, energy=args.energy,
+                                 queries_per_pattern=args.queries_per_pattern,
+                                 out=_picture_path(args.out, "beta_sweep.png"))
+    print(res["path"])
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 
 
@@ -264,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_sample(sub)
     _add_bench(sub)
+    _add_viz(sub)
     return p
 
 
