@@ -1,8 +1,5 @@
 """The contract itself: any function energy(q, k, v, zeta, *, mask, **params) -> scalar
 becomes attention, and bad input gets an error that names the argument."""
-import re
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,26 +8,6 @@ import pytest
 import energy_attn as ea
 from tests import reference as ref
 from tests.test_energies import make_qkv
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def readme_user_energy_snippet():
-    text = README.read_text()
-    block = re.search(r"<!-- user-energy -->\s*```python\n(.*?)```", text, re.S)
-    assert block, "README.md lost its user-energy example"
-    return block.group(1)
-
-
-def test_readme_user_energy_runs_and_matches_reference():
-    """The README's 'your own energy' snippet, executed as written."""
-    namespace = {}
-    exec(readme_user_energy_snippet(), namespace)
-    q, k, v = namespace["q"], namespace["k"], namespace["v"]
-    allowed = jnp.asarray(ref.dense_allowed(q.shape[0], q.shape[1], k.shape[1], causal=True))
-    want = ref.softmax_attention(q, k, v, allowed, 0.5)
-    np.testing.assert_allclose(namespace["out"], want, atol=1e-5)
-
 
 def test_user_energy_in_own_code_needs_no_registration():
     def cosine_softmax(q, k, v, zeta, *, mask, temperature=0.1):
