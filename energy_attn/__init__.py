@@ -3,6 +3,7 @@
     out = ea.attend("softmax", q, k, v, mask=ea.causal())   # = ∂F/∂ζ at ζ = 0
 """
 from . import energies  # noqa: F401  (registers the built-in energies)
+from . import energy_transformer, hopfield  # noqa: F401  (the ET energy registers itself)
 from .contract import attend, attend_with_energy, attention_weights, posterior_covariance
 from .masks import (Mask, alibi, alibi_slopes, bias, causal, explicit, lengths, padding,
                     segments, sliding_window)

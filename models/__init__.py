@@ -7,6 +7,7 @@ from .config import AttentionConfig, ModelConfig
 from .registry import MODELS, build_model, register_model
 from .sampling import generate
 from .transformer import Transformer, num_params   # registers "transformer"
+from . import energy_transformer  # noqa: F401  (registers "energy_transformer")
 
 __all__ = ["AttentionConfig", "ModelConfig", "MODELS", "build_model", "register_model",
            "generate", "Transformer", "num_params"]

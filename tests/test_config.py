@@ -309,7 +309,8 @@ def test_model_registry_that_fails_to_import_is_skipped(monkeypatch):
 @pytest.mark.parametrize("source", [None, *CONFIGS], ids=lambda p: getattr(p, "name", "defaults"))
 def test_dump_load_round_trip(tmp_path, source):
     cfg = load_config(None if source is None else str(source),
-                      ["model.attention.energy=entmax", "model.attention.energy_params.alpha=1.25",
+                      ["model.attention.energy=entmax", "model.attention.energy_params={}",
+                       "model.attention.energy_params.alpha=1.25",
                        "optim.lr=3e-4", "data.hf_name=2023", "model.attention.num_kv_heads=2",
                        "model.norm_eps=1e-7"])
     path = tmp_path / "out" / "config.yaml"

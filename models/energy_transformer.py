@@ -1,0 +1,159 @@
+"""Energy Transformer LM (Hoover et al. 2023): embed -> ONE weight-tied causal ET block
+run for `steps` steps of energy descent -> RMSNorm -> LM head.
+
+    cfg = ModelConfig(name="energy_transformer", d_model=64, num_heads=4,
+                      attention=AttentionConfig(energy="energy_transformer",
+                                                energy_params={"steps": 6, "alpha": 0.1}))
+    model = build_model(cfg, rngs=nnx.Rngs(0))
+    logits = model(tokens)                                   # (B, T) int -> (B, T, vocab) fp32
+    cache = model.init_cache(batch, max_len)
+    logits, cache = model(prompt, cache=cache)               # then one token at a time
+
+What it reads from ModelConfig: vocab_size, max_seq_len (learned positions),
+d_model, num_heads (head dim d_model // num_heads), mlp_ratio (default memory
+count), tie_embeddings, norm_eps, attention.segment_mask. From
+`attention.energy_params`, all optional:
+    steps        (12)                        descent steps of the shared block
+    alpha        (0.1)                       step size of x ← x − α ∂E/∂g
+    num_memories (mlp_ratio · d_model)       Hopfield memories ξ (the MLP width they replace)
+    beta         (1/sqrt(head_dim))          attention inverse temperature, scalar or per head
+Ignored: num_layers (depth is `steps` of one block), mlp, dropout, rope and
+rope_base (positions are a learned embedding), num_kv_heads, compute_dtype (the
+dynamics run in float32). attention.energy must be "energy_transformer" (or the
+default "softmax", meaning "not chosen"): the ET defines its own attention energy.
+
+Causality: the block uses the causal update (energy_attn/energy_transformer.py):
+keys B < C and the gradient taken through the queries only, so token C's update
+depends on tokens ≤ C. The dynamics are then not exact descent of one global energy.
+
+Decoding has no KV cache: the cache holds the tokens so far (a fixed-size buffer
+and a traced index), and every call reruns the full forward over the buffer and
+returns the logits of the new positions. Causality makes the unfilled tail
+irrelevant, and the buffer's fixed size means one compile for the prompt and one
+for single tokens. (A real cache is possible, since past trajectories never change:
+keep every step's keys, (steps, B, T, H, Y). Not done here.)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import energy_attn as ea
+from energy_attn.energy_transformer import EnergyTransformerBlock
+
+from .config import ModelConfig
+from .layers import RMSNorm
+from .registry import register_model
+
+Array = Any
+
+ENERGY_PARAM_KEYS = ("steps", "alpha", "num_memories", "beta")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TokenCache:
+    """The decode "cache" of a model without a KV cache: the tokens seen so far."""
+    tokens: Array   # (B, max_len) int32; positions [index, max_len) are unfilled (zeros)
+    index: Array    # int32 scalar: how many positions are filled
+
+    @property
+    def max_len(self) -> int:
+        return self.tokens.shape[1]
+
+
+class EnergyTransformerLM(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        a = cfg.attention
+        if a.energy not in ("energy_transformer", "softmax"):
+            raise ValueError(f"model.attention.energy={a.energy!r}: the Energy Transformer defines "
+                             "its own attention energy; set model.attention.energy=energy_transformer")
+        params = dict(a.energy_params or {})
+        unknown = sorted(set(params) - set(ENERGY_PARAM_KEYS))
+        if unknown:
+            raise ValueError(f"model.attention.energy_params has unknown keys {unknown} for the "
+                             f"Energy Transformer (known: {', '.join(ENERGY_PARAM_KEYS)})")
+        if cfg.d_model % cfg.num_heads:
+            raise ValueError(f"model.d_model={cfg.d_model} is not divisible by "
+                             f"model.num_heads={cfg.num_heads}")
+        self.vocab_size, self.max_seq_len = cfg.vocab_size, cfg.max_seq_len
+        self.segment_mask, self.tie_embeddings = a.segment_mask, cfg.tie_embeddings
+        self.steps = int(params.get("steps", 12))
+        self.alpha = float(params.get("alpha", 0.1))
+        self.num_memories = int(params.get("num_memories", round(cfg.mlp_ratio * cfg.d_model)))
+        # GPT's N(0, 0.02) everywhere: tied-head logits start near uniform, and the
+        # first descent steps move tokens by a fraction of their size (not past it).
+        init = nnx.initializers.normal(0.02)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs)
+        self.pos_embed = nnx.Param(init(rngs.params(), (cfg.max_seq_len, cfg.d_model)))
+        self.block = EnergyTransformerBlock(
+            cfg.d_model, cfg.num_heads, cfg.d_model // cfg.num_heads, self.num_memories,
+            steps=self.steps, alpha=self.alpha, causal=True, beta=params.get("beta"),
+            init_std=0.02, rngs=rngs)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nnx.Linear(
+            cfg.d_model, cfg.vocab_size, use_bias=False, kernel_init=init, rngs=rngs)
+
+    def init_cache(self, batch: int, max_len: int) -> TokenCache:
+        """An empty token buffer of `max_len` positions (no KV cache; see the module doc)."""
+        if max_len > self.max_seq_len:
+            raise ValueError(f"cache max_len={max_len} exceeds the model's max_seq_len={self.max_seq_len}")
+        return TokenCache(tokens=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+    def _forward(self, tokens, *, segment_ids=None, positions=None, return_trajectory=False):
+        length = tokens.shape[1]
+        positions = jnp.arange(length) if positions is None else positions
+        x = self.embed(tokens) + self.pos_embed[...][positions]
+        mask = ea.segments(segment_ids) if segment_ids is not None and self.segment_mask else None
+        out = self.block(x, mask=mask, return_trajectory=return_trajectory)
+        x, traj = out if return_trajectory else (out, None)
+        x = self.norm(x)
+        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        logits = logits.astype(jnp.float32)
+        return (logits, traj) if return_trajectory else logits
+
+    def energy_trajectory(self, tokens, *, segment_ids=None, positions=None) -> dict:
+        """Per-step energies of the token dynamics, {'attention', 'hopfield', 'total'}:
+        (steps + 1, B) each, for plots."""
+        return self._forward(tokens, segment_ids=segment_ids, positions=positions,
+                             return_trajectory=True)[1]
+
+    def __call__(self, tokens, *, segment_ids=None, positions=None, cache: TokenCache | None = None,
+                 deterministic: bool = True):
+        """tokens: (B, T) int -> logits (B, T, vocab) float32, or (logits, new cache).
+
+        segment_ids: (B, T) packed documents (tokens interact within their document).
+        positions: (T,) or (B, T) indices into the learned position embedding
+            (default arange(T)). deterministic: accepted for the trainer (no dropout).
+        cache: from `init_cache`: the new tokens are appended to the buffer and the
+            full forward reruns over it.
+        """
+        del deterministic
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (B, T); got {tokens.shape}")
+        length = tokens.shape[1]
+        if length > self.max_seq_len:
+            raise ValueError(f"sequence of {length} tokens exceeds max_seq_len={self.max_seq_len}")
+        if cache is None:
+            return self._forward(tokens, segment_ids=segment_ids, positions=positions)
+        if segment_ids is not None or positions is not None:
+            raise ValueError("with a cache, decode one document per row from position 0 "
+                             "(segment_ids/positions are for full training rows)")
+        if length > cache.max_len:
+            raise ValueError(f"cannot write {length} tokens into a cache of max_len {cache.max_len}")
+        if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + length > cache.max_len:
+            raise ValueError(f"cache overflow: {int(cache.index)} positions filled + {length} new "
+                             f"> max_len {cache.max_len}; create the cache with a larger max_len")
+        buf = jax.lax.dynamic_update_slice(cache.tokens, tokens.astype(jnp.int32), (0, cache.index))
+        # Causal: the zeros after index + length cannot reach the positions we read.
+        logits = jax.lax.dynamic_slice_in_dim(self._forward(buf), cache.index, length, axis=1)
+        return logits, TokenCache(tokens=buf, index=cache.index + length)
+
+
+@register_model("energy_transformer")
+def _build_energy_transformer(cfg: ModelConfig, *, rngs: nnx.Rngs) -> EnergyTransformerLM:
+    return EnergyTransformerLM(cfg, rngs=rngs)
