@@ -6,8 +6,11 @@ hold -inf, so any energy that sums exp(score) or softplus(score) excludes them.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from .masks import Mask, as_mask
 
@@ -54,6 +57,33 @@ def source(zeta, v):
     """The source term ζ_i·v_j as (B, H, Tq, Tk)."""
     v = expand_kv_heads(v, zeta.shape[-2])
     return jnp.einsum("bqhd,bkhd->bhqk", zeta, v)
+
+
+@partial(jax.custom_jvp)
+def source_scores(zeta, v):
+    """ζ_i·v_j as (B, H, Tq, Tk) for equal head counts, skipping the matmul when ζ = 0.
+
+    `attend` evaluates at ζ = 0, where this term costs as much as the q·k scores
+    and adds nothing. The skip is a value shortcut only: the JVP below is the
+    exact bilinear derivative, so every derivative (any order) stays correct.
+    """
+    return jax.lax.cond(jnp.all(zeta == 0),
+                        lambda: jnp.zeros(zeta.shape[:1] + zeta.shape[2:3] + zeta.shape[1:2] + v.shape[1:2],
+                                          jnp.result_type(zeta, v)),
+                        lambda: jnp.einsum("bqhd,bkhd->bhqk", zeta, v))
+
+
+@partial(source_scores.defjvp, symbolic_zeros=True)
+def _source_scores_jvp(primals, tangents):
+    zeta, v = primals
+    dzeta, dv = tangents
+    out = source_scores(zeta, v)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(dzeta, SymbolicZero):
+        tangent = tangent + jnp.einsum("bqhd,bkhd->bhqk", dzeta, v)
+    if not isinstance(dv, SymbolicZero):
+        tangent = tangent + jnp.einsum("bqhd,bkhd->bhqk", zeta, dv)
+    return out, tangent
 
 
 def logsumexp(x, axis: int = -1):
@@ -109,7 +139,7 @@ def blockwise_sum(row_energy, q, k, v, zeta, *, mask: Mask | None = None, beta=N
         if k1 == k0:
             continue
         s = beta * jnp.einsum("bqhd,bkhd->bhqk", q[:, q0:q1], k_all[:, k0:k1])
-        s = s + jnp.einsum("bqhd,bkhd->bhqk", zeta[:, q0:q1], v_all[:, k0:k1])
+        s = s + source_scores(zeta[:, q0:q1], v_all[:, k0:k1])
         b = mask.bias_block(q0, q1 - q0, k0, k1 - k0)
         if b is not None:
             s = s + b
