@@ -17,6 +17,29 @@ class AttentionConfig:
 
 
 @dataclass
+class SSMConfig:
+    """Mamba layers (the Zamba-like hybrid's backbone). Owned by models/mamba.py."""
+    kind: str = "mamba1"                    # "mamba1" (selective scan) or "mamba2" (SSD, chunked)
+    state_dim: int = 16                     # N: SSM state size per channel
+    expand: int = 2                         # D_inner = expand * d_model
+    conv_width: int = 4                     # depthwise causal conv kernel
+    chunk_size: int = 64                    # scan chunk length (memory vs parallelism)
+
+
+@dataclass
+class ZambaConfig:
+    """The hybrid's shared attention block(s). Owned by models/zamba.py."""
+    shared_every: int = 2                   # apply the shared block before every k-th Mamba layer
+
+
+@dataclass
+class BSTConfig:
+    """Block-State Transformer. Owned by models/bst.py."""
+    variant: str = "mh"                     # "sh" single-head, "mh" multi-head, "mf" multi-filter
+    block_len: int = 64                     # W: tokens per attention block
+
+
+@dataclass
 class ModelConfig:
     name: str = "transformer"               # key in models.registry
     vocab_size: int = 256                   # set from the tokenizer by the trainer
@@ -31,6 +54,9 @@ class ModelConfig:
     norm_eps: float = 1e-6
     compute_dtype: str = "float32"          # "float32" or "bfloat16"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    ssm: SSMConfig = field(default_factory=SSMConfig)          # zamba
+    zamba: ZambaConfig = field(default_factory=ZambaConfig)    # zamba
+    bst: BSTConfig = field(default_factory=BSTConfig)          # bst
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
