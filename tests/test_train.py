@@ -156,3 +156,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                  f"data.path={small}", "data.seq_len=512", "model.max_seq_len=512"]) == 2
     err = capsys.readouterr().err
     assert "seq_len" in err and "Traceback" not in err
+
+
+def test_bench_train_pairs_identical_models(tmp_path):
+    """`energy-attn bench train` compares like with like: same init and batches, so the
+    energy model and the dot_product_attention model end at the same loss."""
+    from train.bench_train import bench_train, format_report
+    res = bench_train(tiny(tmp_path), steps=3, rounds=2, log=lambda *_: None)
+    assert res["energy"]["steps"] == res["dot_product_attention"]["steps"] == 1 + 2 * 2
+    assert res["loss_gap"] < 1e-5
+    assert np.isfinite(res["ratio"]) and res["ratio"] > 0
+    assert "target <= 1.0" in format_report(res)

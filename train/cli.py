@@ -143,8 +143,9 @@ def _add_bench_train(sub):
         example="energy-attn bench train --steps 60 model.attention.energy=softmax")
     p.add_argument("config", nargs="?", default="configs/shakespeare_char.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--steps", type=positive_int, default=60, help="timed steps per model (default 60)")
-    p.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds (default 3)")
+    p.add_argument("--steps", type=positive_int, default=60, help="batches per pass (default 60)")
+    p.add_argument("--rounds", type=positive_int, default=2,
+                   help="passes over those batches; the two models take turns every step (default 2)")
     p.set_defaults(handler=_bench_train, prog=p.prog)
 
 
