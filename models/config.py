@@ -24,12 +24,15 @@ class SSMConfig:
     expand: int = 2                         # D_inner = expand * d_model
     conv_width: int = 4                     # depthwise causal conv kernel
     chunk_size: int = 64                    # scan chunk length (memory vs parallelism)
+    head_dim: int = 32                      # mamba2 only: P, channels per SSD head (must divide D_inner)
 
 
 @dataclass
 class ZambaConfig:
     """The hybrid's shared attention block(s). Owned by models/zamba.py."""
     shared_every: int = 2                   # apply the shared block before every k-th Mamba layer
+    num_shared_blocks: int = 1              # 1, or 2 alternating ABAB (Zamba2)
+    lora_rank: int = 0                      # per-application LoRA on the shared q/k/v/MLP inputs; 0 = off
 
 
 @dataclass
@@ -37,6 +40,12 @@ class BSTConfig:
     """Block-State Transformer. Owned by models/bst.py."""
     variant: str = "mh"                     # "sh" single-head, "mh" multi-head, "mf" multi-filter
     block_len: int = 64                     # W: tokens per attention block
+    state_dim: int = 16                     # N: S4D state size per channel (N/2 complex modes; even)
+    num_context_states: int = 4             # S: states each block cross-attends to (mh, mf; sh uses W)
+    num_filters: int = 2                    # mf only: SSM filters, each gives the last S/num_filters outputs
+    bst_every: int = 1                      # every k-th layer is a BST layer; the rest attend in-block only
+    dt_min: float = 1e-3                    # S4D step size Δ, log-uniform in [dt_min, dt_max] at init
+    dt_max: float = 1e-1
 
 
 @dataclass

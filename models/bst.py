@@ -1,0 +1,300 @@
+"""Block-State Transformer (Fathi et al. 2023, arXiv 2306.09539): an SSM sublayer
+gives context states for the whole sequence at once (FFT convolution); a block
+transformer sublayer splits the sequence into blocks of W tokens that attend
+causally within the block and cross-attend to the context states. All blocks
+run in parallel: there is no recurrence between blocks.
+
+    cfg = ModelConfig(name="bst", d_model=128, num_layers=4, num_heads=4,
+                      bst=BSTConfig(variant="mh", block_len=64))
+    model = build_model(cfg, rngs=nnx.Rngs(0))
+    logits = model(tokens)                         # (B, T) int -> (B, T, vocab) fp32, any T
+    cache = model.init_cache(batch, max_len)
+    logits, cache = model(prompt, cache=cache)     # then one token at a time (models.generate)
+
+BST layer (pre-norm residuals; x is (B, T, d), blocks are x reshaped to (B·T/W, W, d)):
+    c = context_states(ssm(norm(x)))            # (B, T/W, S, d), block k sees positions < kW only
+    x = x + self_attn(norm(x), causal within each block)      # RoPE, any registered energy
+    x = x + cross_attn(norm(x), context=norm(c))              # no RoPE; all S states visible
+    x = x + mlp(norm(x))
+
+SSM: S4D (Gu et al. 2022) per channel, diagonal complex A = -exp(a_re) + i·a_im with
+S4D-Lin init (-1/2 + iπn), B = 1, learned C, step Δ log-uniform in [dt_min, dt_max],
+zero-order hold. Its kernel K[l] = 2·Re Σ_n C̄_n Ā_n^l is a Vandermonde product,
+evaluated as an outer product over l = q·R + r (memory O(√T) per mode, not O(T)),
+and applied by a causal FFT convolution in float32, padded to 2T; plus a skip D·u
+and a GELU. `ssm_conv_reference` is the direct O(T²) convolution it is tested against.
+
+Context states per variant (the paper's §3.2; S = bst.num_context_states). In every
+variant block k's states are computed from SSM outputs at positions < kW (the
+states are shifted one block forward), and block 0 gets S learned initial states,
+so the model is causal. Learned context IDs (one d-vector per state slot) are
+added, since cross-attention has no notion of order.
+    sh  single-head: one SSM filter; block k attends to the W SSM outputs of block
+        k-1 (S = W).
+    mh  multi-head: S SSM filters (S kernels per channel); block k attends to the
+        last output of block k-1 of each filter: S states from the one position kW-1.
+    mf  multi-filter: F = bst.num_filters filters; block k attends to the last S/F
+        outputs of block k-1 of each filter, concatenated (S states). F = S gives mh's
+        states, F = 1 and S = W gives sh's; the paper's figure describes MF as "the last
+        entries from the previous window concatenated into a set of S context states".
+
+Layers: the paper interleaves BST layers with ordinary layers; here every
+`bst.bst_every`-th layer (1 = all, the default) is a BST layer and the others are
+block transformer layers without the SSM (in-block causal attention + MLP), so the
+cost stays O(T·W) in attention and O(T log T) in the SSM: no layer is O(T²).
+
+Packed documents: segment_ids restrict the in-block self-attention to the document;
+the SSM (an LTI convolution) and the context states run across document
+boundaries, which the EOS token marks. RoPE positions are block-local (relative
+positions inside a block are all RoPE sees), so `positions` is accepted and ignored.
+
+Lengths that are not a multiple of W are padded at the end internally (causality
+makes the padding invisible to real positions), so decoding works at any length.
+
+Decoding cost: the cache is the token history (B, max_len) and its write index; each
+call writes the new tokens and recomputes the whole forward pass over the max_len
+buffer, then returns the logits of the new positions. Exact (equal to the full
+forward pass up to float rounding of the different FFT size) but O(max_len) work per
+step, O(max_len²) per generation; a recurrent cache (S4D state + the current block's
+keys) would make a step O(W + N·d) and is left for later.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import energy_attn as ea
+
+from .config import BSTConfig, ModelConfig
+from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
+from .registry import register_model
+
+Array = Any
+VARIANTS = ("sh", "mh", "mf")
+
+
+def check_bst_config(b: BSTConfig) -> None:
+    """One ValueError naming the first bad `model.bst.*` option."""
+    if b.variant not in VARIANTS:
+        raise ValueError(f"model.bst.variant={b.variant!r} is not one of {', '.join(map(repr, VARIANTS))} "
+                         "(single-head, multi-head, multi-filter)")
+    for key in ("block_len", "num_context_states", "num_filters", "bst_every", "state_dim"):
+        if getattr(b, key) < 1:
+            raise ValueError(f"model.bst.{key} must be >= 1, got {getattr(b, key)}")
+    if b.state_dim % 2:
+        raise ValueError(f"model.bst.state_dim={b.state_dim} must be even (S4D keeps N/2 complex "
+                         "modes and their conjugates)")
+    if not 0 < b.dt_min <= b.dt_max:
+        raise ValueError(f"model.bst.dt_min={b.dt_min} and dt_max={b.dt_max} must satisfy "
+                         "0 < dt_min <= dt_max")
+    if b.variant == "mf":
+        if b.num_context_states % b.num_filters:
+            raise ValueError(f"model.bst.num_context_states={b.num_context_states} must be divisible by "
+                             f"model.bst.num_filters={b.num_filters} (each filter gives S/F states)")
+        if b.num_context_states // b.num_filters > b.block_len:
+            raise ValueError(f"model.bst.num_context_states/num_filters = "
+                             f"{b.num_context_states // b.num_filters} exceeds model.bst.block_len="
+                             f"{b.block_len}: a filter can only give the outputs of one block")
+
+
+def num_filters(b: BSTConfig) -> int:
+    return {"sh": 1, "mh": b.num_context_states, "mf": b.num_filters}[b.variant]
+
+
+def num_states(b: BSTConfig) -> int:
+    return b.block_len if b.variant == "sh" else b.num_context_states
+
+
+# --------------------------------------------------------------------------- SSM
+
+
+def fft_causal_conv(u, kernel):
+    """y[t] = Σ_{s<=t} kernel[t-s] u[s], by FFT in float32.
+    u: (B, T, C); kernel: (F, C, T) -> (B, T, F, C). Zero-padding to 2T keeps the
+    circular convolution from wrapping the end of the sequence onto its start."""
+    length = u.shape[1]
+    n = 2 * length
+    uf = jnp.fft.rfft(u.astype(jnp.float32), n=n, axis=1)               # (B, n/2+1, C)
+    kf = jnp.fft.rfft(kernel.astype(jnp.float32), n=n, axis=-1)         # (F, C, n/2+1)
+    y = jnp.fft.irfft(uf[:, :, None, :] * jnp.moveaxis(kf, -1, 0)[None], n=n, axis=1)
+    return y[:, :length]
+
+
+def ssm_conv_reference(u, kernel):
+    """The direct O(T²) causal convolution that `fft_causal_conv` must equal."""
+    length = u.shape[1]
+    lag = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]        # t - s
+    toeplitz = jnp.where(lag >= 0, kernel[..., jnp.clip(lag, 0)], 0.0)     # (F, C, T, T)
+    return jnp.einsum("fcts,bsc->btfc", toeplitz, u.astype(jnp.float32))
+
+
+class DiagonalSSM(nnx.Module):
+    """S4D with `filters` independent kernels per channel: (B, T, C) -> (B, T, F, C) fp32."""
+
+    def __init__(self, channels: int, *, state_dim: int, filters: int, dt_min: float,
+                 dt_max: float, rngs: nnx.Rngs):
+        modes = state_dim // 2
+        shape = (filters, channels, modes)
+        u = jax.random.uniform(rngs.params(), (filters, channels, 1))
+        self.log_dt = nnx.Param(math.log(dt_min) + u * (math.log(dt_max) - math.log(dt_min)))
+        self.log_neg_re_a = nnx.Param(jnp.full(shape, math.log(0.5), jnp.float32))   # S4D-Lin: -1/2
+        self.im_a = nnx.Param(jnp.broadcast_to(math.pi * jnp.arange(modes, dtype=jnp.float32), shape))
+        # C ~ CN(0, 1): variance 1/2 per real and imaginary part, as in S4D.
+        self.c = nnx.Param(jax.random.normal(rngs.params(), (*shape, 2)) * math.sqrt(0.5))
+        self.skip = nnx.Param(jax.random.normal(rngs.params(), (filters, channels)))
+
+    def kernel(self, length: int):
+        """(F, C, length) float32: K[l] = 2·Re Σ_n C_n (e^{ΔA_n} - 1)/A_n · e^{ΔA_n l}."""
+        a = -jnp.exp(self.log_neg_re_a[...]) + 1j * self.im_a[...]
+        dta = jnp.exp(self.log_dt[...]) * a                                 # (F, C, N/2)
+        c = (self.c[..., 0] + 1j * self.c[..., 1]) * (jnp.exp(dta) - 1.0) / a   # ZOH with B = 1
+        # Vandermonde e^{ΔA l} with l = q·R + r as an outer product over (q, r): the
+        # (F, C, N/2, T) power table is never materialised.
+        r_len = max(1, math.ceil(math.sqrt(length)))
+        q_len = math.ceil(length / r_len)
+        outer = (c[..., None] * jnp.exp(dta[..., None] * (r_len * jnp.arange(q_len))))   # (F,C,N/2,Q)
+        inner = jnp.exp(dta[..., None] * jnp.arange(r_len))                              # (F,C,N/2,R)
+        k = 2.0 * jnp.einsum("fcnq,fcnr->fcqr", outer, inner).real
+        return k.reshape(*k.shape[:2], q_len * r_len)[..., :length].astype(jnp.float32)
+
+    def __call__(self, u):
+        y = fft_causal_conv(u, self.kernel(u.shape[1]))
+        return y + u.astype(jnp.float32)[:, :, None, :] * self.skip[...]
+
+
+# --------------------------------------------------------------------------- layer
+
+
+class BSTLayer(nnx.Module):
+    """One layer: SSM context states + block transformer (or, with `with_ssm=False`,
+    the block transformer alone)."""
+
+    def __init__(self, cfg: ModelConfig, *, with_ssm: bool, rngs: nnx.Rngs):
+        b, d = cfg.bst, cfg.d_model
+        self.block_len, self.variant, self.with_ssm = b.block_len, b.variant, with_ssm
+        self.num_states, self.num_filters = num_states(b), num_filters(b)
+        self.attn_norm = RMSNorm(d, eps=cfg.norm_eps)
+        self.attn = attention_from_config(cfg, rngs=rngs)
+        if with_ssm:
+            init = nnx.initializers.normal(0.02)
+            self.ssm_norm = RMSNorm(d, eps=cfg.norm_eps)
+            self.ssm = DiagonalSSM(d, state_dim=b.state_dim, filters=self.num_filters,
+                                   dt_min=b.dt_min, dt_max=b.dt_max, rngs=rngs)
+            self.context_init = nnx.Param(init(rngs.params(), (self.num_states, d)))   # block 0's states
+            self.context_ids = nnx.Param(init(rngs.params(), (self.num_states, d)))
+            self.context_norm = RMSNorm(d, eps=cfg.norm_eps)
+            self.cross_norm = RMSNorm(d, eps=cfg.norm_eps)
+            self.cross = attention_from_config(cfg, rngs=rngs, use_rope=False)
+        self.mlp_norm = RMSNorm(d, eps=cfg.norm_eps)
+        self.mlp = MLP(d, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=compute_dtype(cfg), rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def context_states(self, x):
+        """(B, T, d) -> (B, T/W, S, d): the states block k cross-attends to."""
+        batch, length, d = x.shape
+        w, nb = self.block_len, length // self.block_len
+        y = jax.nn.gelu(self.ssm(self.ssm_norm(x)))                  # (B, T, F, d) fp32
+        y = y.reshape(batch, nb, w, self.num_filters, d)
+        if self.variant == "sh":
+            states = y[:, :, :, 0]                                   # all W outputs of the block
+        elif self.variant == "mh":
+            states = y[:, :, -1]                                     # the block's last output, S filters
+        else:
+            last = self.num_states // self.num_filters               # last S/F outputs of each filter
+            states = y[:, :, w - last:].reshape(batch, nb, self.num_states, d)
+        # Shift one block forward: block k sees block k-1's states, block 0 learned ones.
+        init = jnp.broadcast_to(self.context_init[...], (batch, 1, self.num_states, d))
+        states = jnp.concatenate([init, states[:, :-1]], axis=1)
+        return (states + self.context_ids[...]).astype(x.dtype)
+
+    def __call__(self, x, *, segment_ids=None, deterministic: bool = True):
+        """x: (B, T, d) with T a multiple of block_len -> (B, T, d)."""
+        batch, length, d = x.shape
+        w = self.block_len
+        nb = length // w
+        drop = lambda h: self.dropout(h, deterministic=deterministic)  # noqa: E731
+        context = self.context_states(x) if self.with_ssm else None
+
+        blocks = x.reshape(batch * nb, w, d)
+        mask = ea.causal()
+        if segment_ids is not None:
+            mask = mask & ea.segments(segment_ids.reshape(batch * nb, w))
+        blocks = blocks + drop(self.attn(self.attn_norm(blocks), mask=mask, positions=jnp.arange(w)))
+        if self.with_ssm:
+            ctx = self.context_norm(context.reshape(batch * nb, self.num_states, d))
+            blocks = blocks + drop(self.cross(self.cross_norm(blocks), context=ctx))
+        blocks = blocks + drop(self.mlp(self.mlp_norm(blocks)))
+        return blocks.reshape(batch, length, d)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BSTCache:
+    """Decoding state: the token history and how much of it is filled."""
+    tokens: Array     # (B, max_len) int32
+    index: Array      # () int32: next write position
+
+
+class BlockStateTransformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        check_bst_config(cfg.bst)
+        dtype = compute_dtype(cfg)
+        self.vocab_size, self.max_seq_len = cfg.vocab_size, cfg.max_seq_len
+        self.block_len, self.segment_mask = cfg.bst.block_len, cfg.attention.segment_mask
+        init = nnx.initializers.normal(0.02)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, embedding_init=init, rngs=rngs)
+        every = cfg.bst.bst_every
+        self.layers = nnx.List([BSTLayer(cfg, with_ssm=(i + 1) % every == 0, rngs=rngs)
+                                for i in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nnx.Linear(
+            cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
+
+    def init_cache(self, batch: int, max_len: int) -> BSTCache:
+        if max_len > self.max_seq_len:
+            raise ValueError(f"cache max_len={max_len} exceeds the model's max_seq_len={self.max_seq_len}")
+        return BSTCache(tokens=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+    def __call__(self, tokens, *, segment_ids=None, positions=None, cache: BSTCache | None = None,
+                 deterministic: bool = True):
+        """tokens (B, T) int -> logits (B, T, vocab) fp32, or (logits, new_cache).
+        positions: ignored (RoPE is block-local; see the module docstring)."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (B, T); got {tokens.shape}")
+        if cache is None:
+            return self.forward(tokens, segment_ids=segment_ids, deterministic=deterministic)
+        if segment_ids is not None:
+            raise ValueError("segment_ids are for packed training rows; decode one document per row")
+        length = tokens.shape[1]
+        history = jax.lax.dynamic_update_slice(cache.tokens, tokens.astype(jnp.int32), (0, cache.index))
+        logits = self.forward(history, deterministic=deterministic)
+        logits = jax.lax.dynamic_slice_in_dim(logits, cache.index, length, axis=1)
+        return logits, BSTCache(tokens=history, index=cache.index + length)
+
+    def forward(self, tokens, *, segment_ids=None, deterministic: bool = True):
+        length = tokens.shape[1]
+        pad = -length % self.block_len          # padding at the end is invisible to earlier tokens
+        tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
+        if segment_ids is not None and self.segment_mask:
+            segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
+        else:
+            segment_ids = None
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x, segment_ids=segment_ids, deterministic=deterministic)
+        x = self.norm(x)
+        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        return logits[:, :length].astype(jnp.float32)
+
+
+@register_model("bst")
+def _build_bst(cfg: ModelConfig, *, rngs: nnx.Rngs) -> BlockStateTransformer:
+    return BlockStateTransformer(cfg, rngs=rngs)

@@ -1,0 +1,363 @@
+"""Mamba layers, the Zamba hybrid's backbone: Mamba-1 (selective scan) and
+Mamba-2 (SSD, chunked). One pure scan function per mode, plus the modules.
+
+    mixer = Mamba1(d_model=128, rngs=nnx.Rngs(0))          # or Mamba2(..., head_dim=32)
+    y = mixer(x)                                            # (B, T, d) -> (B, T, d)
+    y = mixer(x, segment_ids=ids)                           # packed rows: state resets per document
+    cache = mixer.init_cache(batch)
+    y, cache = mixer(prompt, cache=cache)                   # prefill (chunked scan from the cached state)
+    y, cache = mixer(next_token, cache=cache)               # one recurrent step
+
+    block = MambaBlock(cfg, rngs=nnx.Rngs(0))               # x + mixer(norm(x)), kind from cfg.ssm.kind
+
+Scans (all in float32, whatever the compute dtype):
+- `selective_scan` (Mamba-1): h_t = exp(Δ_t A) ⊙ h_t-1 + Δ_t x_t B_t, y_t = C_t·h_t + D x_t,
+  A diagonal (D_inner, N). `jax.lax.associative_scan` inside chunks of
+  `chunk_size`, `lax.scan` over chunks carrying h, each chunk under
+  `jax.checkpoint`: only one chunk's (B, L, D_inner, N) expansion is ever live,
+  in the forward and in the backward pass.
+- `ssd_scan` (Mamba-2): A = a_h·I per head, so the intra-chunk part is a masked
+  matmul (C_t·B_s)·exp(Σ_{s<r≤t} Δ_r a) and chunks pass a (H, P, N) state.
+- `selective_step` / `ssd_step`: one token, for decoding.
+Sequence lengths that are not a multiple of `chunk_size` are padded with Δ = 0
+(decay 1, input 0), which carries the state through unchanged.
+
+Packed documents: given `segment_ids`, the SSM state and the conv window reset
+at every document start, so a packed row gives exactly what the documents give
+one at a time (Mamba-1: the decay is zeroed at a start; Mamba-2: the decay mask
+also requires "no start between s and t"; conv: taps reaching back across a
+start are dropped). Without segment_ids the state crosses documents.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import ModelConfig
+from .layers import RMSNorm, compute_dtype
+
+Array = Any
+SSM_KINDS = ("mamba1", "mamba2")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MambaCache:
+    """Decoding state of one Mamba layer."""
+    conv: Array   # (B, conv_width - 1, channels): the last conv inputs
+    ssm: Array    # (B, D_inner, N) for Mamba-1, (B, H, P, N) for Mamba-2; float32
+
+
+# ------------------------------------------------------------------ helpers
+def segment_starts(segment_ids):
+    """(B, T) ids -> (B, T) bool, True where a new document starts (never at t = 0:
+    the state there is the initial state anyway)."""
+    change = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return jnp.concatenate([jnp.zeros_like(change[:, :1]), change], axis=1)
+
+
+def causal_conv(x, w, b, *, history=None, starts=None):
+    """Depthwise causal conv. x (B, T, C), w (K, C), b (C,); history (B, K-1, C) are the
+    inputs before x (default zeros). starts (B, T) bool: drop taps that reach back
+    across a document start. Returns (y (B, T, C), new history (B, K-1, C))."""
+    K, T = w.shape[0], x.shape[1]
+    if history is None:
+        history = jnp.zeros((x.shape[0], K - 1, x.shape[2]), x.dtype)
+    xp = jnp.concatenate([history.astype(x.dtype), x], axis=1)          # (B, T + K - 1, C)
+    if starts is not None:   # documents seen so far, padded like xp: tap valid iff same count
+        count = jnp.cumsum(starts, axis=1)
+        count_p = jnp.pad(count, ((0, 0), (K - 1, 0)))
+    y = b.astype(x.dtype)
+    for j in range(K):       # tap j looks back K - 1 - j steps
+        tap = xp[:, j:j + T]
+        if starts is not None and j < K - 1:
+            tap = tap * (count == count_p[:, j:j + T])[..., None].astype(x.dtype)
+        y = y + tap * w[j].astype(x.dtype)
+    return y, xp[:, T:]
+
+
+def _chunk(arrays, length: int, chunk: int):
+    """Pad axis 1 of each (B, T, ...) array to a multiple of `chunk` and reshape to
+    (T // chunk, B, chunk, ...) for lax.scan. Returns (chunked arrays, pad)."""
+    pad = -length % chunk
+    out = []
+    for a in arrays:
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        a = a.reshape(a.shape[0], -1, chunk, *a.shape[2:])
+        out.append(jnp.moveaxis(a, 1, 0))
+    return out, pad
+
+
+def _unchunk(y, length: int):
+    """(nc, B, chunk, ...) -> (B, length, ...)."""
+    y = jnp.moveaxis(y, 0, 1)
+    return y.reshape(y.shape[0], -1, *y.shape[3:])[:, :length]
+
+
+# ------------------------------------------------------------------ Mamba-1 scan
+def selective_scan(x, dt, A, B, C, D, *, h0=None, starts=None, chunk_size: int = 64):
+    """Mamba-1 selective scan. x, dt (B, T, Di); A (Di, N), negative; B, C (B, T, N);
+    D (Di,); h0 (B, Di, N) initial state. Returns (y (B, T, Di), h_T (B, Di, N))."""
+    batch, length, inner = x.shape
+    n = A.shape[1]
+    h0 = jnp.zeros((batch, inner, n), jnp.float32) if h0 is None else h0
+    starts = jnp.zeros((batch, length), bool) if starts is None else starts   # padding: no starts
+    chunk = min(chunk_size, length)
+    (xc, dtc, Bc, Cc, sc), _ = _chunk((x, dt, B, C, starts), length, chunk)
+
+    @jax.checkpoint     # the backward pass recomputes one chunk at a time
+    def one_chunk(h, inputs):
+        x_, dt_, B_, C_, s_ = inputs
+        decay = jnp.where(s_[..., None, None], 0.0, jnp.exp(dt_[..., None] * A))   # (B, L, Di, N)
+        drive = (dt_ * x_)[..., None] * B_[:, :, None, :]
+        drive = drive.at[:, 0].add(decay[:, 0] * h)                      # fold the carry in
+        combine = lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1])         # noqa: E731  (h ← a h + u)
+        _, hs = jax.lax.associative_scan(combine, (decay, drive), axis=1)
+        return hs[:, -1], jnp.einsum("bldn,bln->bld", hs, C_)
+
+    h, y = jax.lax.scan(one_chunk, h0, (xc, dtc, Bc, Cc, sc))
+    return _unchunk(y, length) + x * D, h
+
+
+def selective_step(h, x, dt, A, B, C, D):
+    """One Mamba-1 step. h (B, Di, N); x, dt (B, Di); B, C (B, N). Returns (y (B, Di), h)."""
+    h = jnp.exp(dt[..., None] * A) * h + (dt * x)[..., None] * B[:, None, :]
+    return jnp.einsum("bdn,bn->bd", h, C) + x * D, h
+
+
+# ------------------------------------------------------------------ Mamba-2 (SSD) scan
+def ssd_scan(x, dt, a, B, C, D, *, h0=None, starts=None, chunk_size: int = 64):
+    """Mamba-2 SSD, chunked. x (B, T, H, P); dt (B, T, H); a (H,), negative; B, C (B, T, N)
+    (one group shared by all heads); D (H,); h0 (B, H, P, N).
+    Returns (y (B, T, H, P), h_T (B, H, P, N))."""
+    batch, length, heads, p = x.shape
+    n = B.shape[-1]
+    h0 = jnp.zeros((batch, heads, p, n), jnp.float32) if h0 is None else h0
+    starts = jnp.zeros((batch, length), bool) if starts is None else starts
+    chunk = min(chunk_size, length)
+    (xc, dtc, Bc, Cc, sc), _ = _chunk((x, dt, B, C, starts), length, chunk)
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+
+    @jax.checkpoint
+    def one_chunk(h, inputs):
+        x_, dt_, B_, C_, s_ = inputs
+        cum = jnp.cumsum(dt_ * a, axis=1)                            # (B, L, H) log-decay so far
+        docs = jnp.cumsum(s_, axis=1)                                # starts seen in this chunk
+        # s feeds t iff s <= t and no document starts in (s, t].
+        same = causal & (docs[:, :, None] == docs[:, None, :])       # (B, t, s)
+        gap = cum[:, :, None, :] - cum[:, None, :, :]                # (B, t, s, H)
+        decay = jnp.where(same[..., None], jnp.exp(jnp.where(same[..., None], gap, 0.0)), 0.0)
+        weights = jnp.einsum("btn,bsn->bts", C_, B_)[..., None] * decay * dt_[:, None]
+        y = jnp.einsum("btsh,bshp->bthp", weights, x_)
+        # The carried state reaches t if no document started in the chunk up to t.
+        carry_in = jnp.exp(cum) * (docs == 0)[..., None]             # (B, L, H)
+        y = y + jnp.einsum("btn,bhpn->bthp", C_, h) * carry_in[..., None]
+        # The new state: positions of the chunk's last document, decayed to its end.
+        last = cum[:, -1]                                            # (B, H)
+        tail = jnp.exp(last[:, None] - cum) * (docs == docs[:, -1:])[..., None] * dt_
+        h = (h * (jnp.exp(last) * (docs[:, -1] == 0)[:, None])[..., None, None]
+             + jnp.einsum("bsh,bshp,bsn->bhpn", tail, x_, B_))
+        return h, y
+
+    h, y = jax.lax.scan(one_chunk, h0, (xc, dtc, Bc, Cc, sc))
+    return _unchunk(y, length) + x * D[:, None], h
+
+
+def ssd_step(h, x, dt, a, B, C, D):
+    """One Mamba-2 step. h (B, H, P, N); x (B, H, P); dt (B, H); B, C (B, N)."""
+    h = h * jnp.exp(dt * a)[..., None, None] + (dt[..., None] * x)[..., None] * B[:, None, None, :]
+    return jnp.einsum("bhpn,bn->bhp", h, C) + x * D[:, None], h
+
+
+# ------------------------------------------------------------------ modules
+def _dt_bias(key, shape, dt_min=1e-3, dt_max=0.1, floor=1e-4):
+    """Mamba's Δ bias: Δ log-uniform in [dt_min, dt_max], stored as softplus⁻¹(Δ)."""
+    u = jax.random.uniform(key, shape)
+    dt = jnp.maximum(jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)), floor)
+    return dt + jnp.log(-jnp.expm1(-dt))
+
+
+def _uniform(key, shape, bound):
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class _Mixer(nnx.Module):
+    """What Mamba-1 and Mamba-2 share: in_proj, the depthwise conv, out_proj."""
+
+    def _common(self, d_model, inner, in_width, conv_channels, conv_width, chunk_size, dtype, rngs):
+        self.d_model, self.inner, self.conv_width, self.chunk_size = d_model, inner, conv_width, chunk_size
+        self.dtype = dtype
+        linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, rngs=rngs)  # noqa: E731
+        self.in_proj = linear(d_model, in_width)
+        bound = 1 / math.sqrt(conv_width)        # PyTorch's default for a depthwise Conv1d
+        self.conv_w = nnx.Param(_uniform(rngs.params(), (conv_width, conv_channels), bound))
+        self.conv_b = nnx.Param(_uniform(rngs.params(), (conv_channels,), bound))
+        self.out_proj = linear(inner, d_model)
+
+    def _conv(self, u, cache, starts):
+        y, history = causal_conv(u, self.conv_w[...], self.conv_b[...],
+                                 history=None if cache is None else cache.conv, starts=starts)
+        return jax.nn.silu(y), history
+
+    def _check(self, x, segment_ids, cache):
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (B, T, d_model={self.d_model}); got {x.shape}")
+        if cache is not None and segment_ids is not None:
+            raise ValueError("segment_ids are for packed training rows; decode one document per "
+                             "row with the cache instead")
+        return None if segment_ids is None else segment_starts(segment_ids)
+
+
+class Mamba1(_Mixer):
+    """Mamba-1 mixer (Gu & Dao 2023): in_proj -> (x, z); x -> causal conv -> SiLU ->
+    selective SSM (input-dependent Δ, B, C; diagonal A = -exp(A_log), S4D-real init
+    A_n = n + 1; D skip) -> y * SiLU(z) -> out_proj."""
+
+    def __init__(self, d_model: int, *, state_dim: int = 16, expand: int = 2, conv_width: int = 4,
+                 chunk_size: int = 64, dt_rank: int | None = None, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        inner = expand * d_model
+        self.state_dim = state_dim
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
+        self._common(d_model, inner, 2 * inner, inner, conv_width, chunk_size, dtype, rngs)
+        self.x_proj = nnx.Linear(inner, self.dt_rank + 2 * state_dim, use_bias=False, dtype=dtype,
+                                 rngs=rngs)
+        self.dt_proj = nnx.Linear(
+            self.dt_rank, inner, dtype=dtype, rngs=rngs,
+            kernel_init=lambda k, s, d=jnp.float32: _uniform(k, s, self.dt_rank ** -0.5),
+            bias_init=lambda k, s, d=jnp.float32: _dt_bias(k, s))
+        self.A_log = nnx.Param(jnp.log(jnp.broadcast_to(jnp.arange(1, state_dim + 1, dtype=jnp.float32),
+                                                        (inner, state_dim))))
+        self.D = nnx.Param(jnp.ones((inner,), jnp.float32))
+
+    def init_cache(self, batch: int) -> MambaCache:
+        return MambaCache(conv=jnp.zeros((batch, self.conv_width - 1, self.inner), self.dtype),
+                          ssm=jnp.zeros((batch, self.inner, self.state_dim), jnp.float32))
+
+    def __call__(self, x, *, segment_ids=None, cache: MambaCache | None = None):
+        """x (B, T, d) -> (B, T, d), or (y, new cache) when `cache` is given."""
+        starts = self._check(x, segment_ids, cache)
+        u, z = jnp.split(self.in_proj(x), 2, axis=-1)
+        u, history = self._conv(u, cache, starts)
+        dt, B, C = jnp.split(self.x_proj(u), [self.dt_rank, self.dt_rank + self.state_dim], axis=-1)
+        f32 = lambda t: t.astype(jnp.float32)                  # noqa: E731  (scan in float32)
+        dt = jax.nn.softplus(f32(self.dt_proj(dt)))
+        A = -jnp.exp(self.A_log[...])
+        if cache is not None and x.shape[1] == 1:
+            y, h = selective_step(cache.ssm, f32(u[:, 0]), dt[:, 0], A, f32(B[:, 0]), f32(C[:, 0]),
+                                  self.D[...])
+            y = y[:, None]
+        else:
+            y, h = selective_scan(f32(u), dt, A, f32(B), f32(C), self.D[...],
+                                  h0=None if cache is None else cache.ssm, starts=starts,
+                                  chunk_size=self.chunk_size)
+        out = self.out_proj(y.astype(self.dtype) * jax.nn.silu(z))
+        return out if cache is None else (out, MambaCache(conv=history, ssm=h))
+
+
+class Mamba2(_Mixer):
+    """Mamba-2 mixer (Dao & Gu 2024): in_proj -> (z, xBC, Δ); xBC -> causal conv -> SiLU;
+    SSD with A = a_h·I per head of width head_dim (one B/C group); y + D x; gated
+    RMSNorm(y * SiLU(z)) -> out_proj."""
+
+    def __init__(self, d_model: int, *, state_dim: int = 16, expand: int = 2, conv_width: int = 4,
+                 chunk_size: int = 64, head_dim: int = 32, dtype=jnp.float32, rngs: nnx.Rngs):
+        inner = expand * d_model
+        if inner % head_dim:
+            raise ValueError(f"model.ssm.head_dim={head_dim} must divide D_inner = expand * d_model "
+                             f"= {inner} (Mamba-2 splits D_inner into heads)")
+        self.state_dim, self.head_dim, self.heads = state_dim, head_dim, inner // head_dim
+        conv_channels = inner + 2 * state_dim
+        self._common(d_model, inner, inner + conv_channels + self.heads, conv_channels, conv_width,
+                     chunk_size, dtype, rngs)
+        self.dt_bias = nnx.Param(_dt_bias(rngs.params(), (self.heads,)))
+        self.A_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (self.heads,), jnp.float32, 1, 16)))
+        self.D = nnx.Param(jnp.ones((self.heads,), jnp.float32))
+        self.norm = RMSNorm(inner, eps=1e-5)
+
+    def init_cache(self, batch: int) -> MambaCache:
+        return MambaCache(conv=jnp.zeros((batch, self.conv_width - 1, self.inner + 2 * self.state_dim),
+                                         self.dtype),
+                          ssm=jnp.zeros((batch, self.heads, self.head_dim, self.state_dim), jnp.float32))
+
+    def __call__(self, x, *, segment_ids=None, cache: MambaCache | None = None):
+        """x (B, T, d) -> (B, T, d), or (y, new cache) when `cache` is given."""
+        starts = self._check(x, segment_ids, cache)
+        batch, length = x.shape[:2]
+        z, xbc, dt = jnp.split(self.in_proj(x), [self.inner, 2 * self.inner + 2 * self.state_dim], axis=-1)
+        xbc, history = self._conv(xbc, cache, starts)
+        u, B, C = jnp.split(xbc.astype(jnp.float32), [self.inner, self.inner + self.state_dim], axis=-1)
+        u = u.reshape(batch, length, self.heads, self.head_dim)
+        dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...])
+        a = -jnp.exp(self.A_log[...])
+        if cache is not None and length == 1:
+            y, h = ssd_step(cache.ssm, u[:, 0], dt[:, 0], a, B[:, 0], C[:, 0], self.D[...])
+            y = y[:, None]
+        else:
+            y, h = ssd_scan(u, dt, a, B, C, self.D[...], h0=None if cache is None else cache.ssm,
+                            starts=starts, chunk_size=self.chunk_size)
+        y = self.norm(y.reshape(batch, length, self.inner).astype(self.dtype) * jax.nn.silu(z))
+        out = self.out_proj(y)
+        return out if cache is None else (out, MambaCache(conv=history, ssm=h))
+
+
+def mamba_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs) -> Mamba1 | Mamba2:
+    """The mixer named by cfg.ssm.kind, sized by cfg.d_model and cfg.ssm."""
+    s, dtype = cfg.ssm, compute_dtype(cfg)
+    common = dict(state_dim=s.state_dim, expand=s.expand, conv_width=s.conv_width,
+                  chunk_size=s.chunk_size, dtype=dtype, rngs=rngs)
+    if s.kind == "mamba1":
+        return Mamba1(cfg.d_model, **common)
+    if s.kind == "mamba2":
+        return Mamba2(cfg.d_model, head_dim=s.head_dim, **common)
+    raise ValueError(f"model.ssm.kind={s.kind!r} is not supported; use one of {', '.join(SSM_KINDS)}")
+
+
+class MambaBlock(nnx.Module):
+    """Pre-norm residual Mamba layer: x + drop(mixer(norm(x + extra))).
+    `extra` is what the Zamba hybrid adds to this layer's input (the projected
+    shared-block output); the residual stream itself does not receive it."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer = mamba_from_config(cfg, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def init_cache(self, batch: int) -> MambaCache:
+        return self.mixer.init_cache(batch)
+
+    def __call__(self, x, *, extra=None, segment_ids=None, cache: MambaCache | None = None,
+                 deterministic: bool = True):
+        h = self.norm(x if extra is None else x + extra)
+        h = self.mixer(h, segment_ids=segment_ids, cache=cache)
+        if cache is not None:
+            h, cache = h
+        x = x + self.dropout(h, deterministic=deterministic)
+        return x if cache is None else (x, cache)
+
+
+# ------------------------------------------------------------------ benchmark
+def benchmark_layers(lengths=(4096, 16384), d_model: int = 128, repeats: int = 3):
+    """Print fwd+bwd seconds of one Mamba-1 and one Mamba-2 layer (batch 1, default
+    sizes), measured side by side in one run:
+        python -c "from models.mamba import benchmark_layers; benchmark_layers()"
+    """
+    import time
+    for length in lengths:
+        x = jax.random.normal(jax.random.key(0), (1, length, d_model))
+        row = []
+        for cls in (Mamba1, Mamba2):
+            layer = cls(d_model, rngs=nnx.Rngs(0))
+            step = nnx.jit(nnx.grad(lambda m, x: (m(x) ** 2).mean()))
+            jax.block_until_ready(step(layer, x))            # compile
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                jax.block_until_ready(step(layer, x))
+            row.append((time.perf_counter() - t0) / repeats)
+        print(f"T={length:6d}  mamba1 {row[0]:.3f} s  mamba2 {row[1]:.3f} s  "
+              f"(mamba1 / mamba2 = {row[0] / row[1]:.2f})", flush=True)

@@ -1,0 +1,167 @@
+"""Block-State Transformer: the SSM against its recurrence, the FFT convolution
+against the direct one, causality of every variant, decoding against the full
+forward pass, every energy, training, and config errors."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import energy_attn as ea
+from models import build_model
+from models.bst import BlockStateTransformer, DiagonalSSM, fft_causal_conv, ssm_conv_reference
+from models.config import AttentionConfig, BSTConfig, ModelConfig
+from train.config import load_config
+
+VARIANTS = ["sh", "mh", "mf"]
+
+
+def tiny(variant="mh", energy="softmax", num_layers=2, block_len=4, **bst):
+    bst = {"num_context_states": 4, "num_filters": 2, "state_dim": 4, **bst}
+    return ModelConfig(name="bst", vocab_size=32, max_seq_len=32, d_model=16, num_layers=num_layers,
+                       num_heads=2, attention=AttentionConfig(energy=energy),
+                       bst=BSTConfig(variant=variant, block_len=block_len, **bst))
+
+
+@nnx.jit
+def forward(model, tokens):
+    return model(tokens)
+
+
+def test_ssm_equals_its_recurrence():
+    """S4D output == the discretised recurrence h_t = e^{ΔA} h_{t-1} + (e^{ΔA}-1)/A u_t,
+    y_t = 2 Re(C h_t) + D u_t, stepped one token at a time in numpy (no kernel, no FFT)."""
+    ssm = DiagonalSSM(3, state_dim=6, filters=2, dt_min=1e-2, dt_max=0.5, rngs=nnx.Rngs(0))
+    u = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (2, 45, 3)))   # T = 45: not a square
+    a = -np.exp(np.asarray(ssm.log_neg_re_a[...], np.float64)) + 1j * np.asarray(ssm.im_a[...])
+    dta = np.exp(np.asarray(ssm.log_dt[...], np.float64)) * a                 # (F, C, N/2)
+    c = np.asarray(ssm.c[...], np.float64) @ np.array([1, 1j])
+    h = np.zeros((2, *a.shape), complex)
+    ys = []
+    for t in range(u.shape[1]):
+        h = np.exp(dta) * h + (np.exp(dta) - 1) / a * u[:, t, None, :, None]
+        ys.append(2 * (c * h).sum(-1).real + u[:, t, None, :] * np.asarray(ssm.skip[...]))
+    np.testing.assert_allclose(np.asarray(ssm(jnp.asarray(u))), np.stack(ys, 1), rtol=2e-4, atol=2e-4)
+
+
+def test_fft_convolution_equals_direct_convolution():
+    u = jax.random.normal(jax.random.PRNGKey(0), (2, 37, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 37)) * jnp.exp(-0.1 * jnp.arange(37))
+    got, want = fft_causal_conv(u, kernel), ssm_conv_reference(u, kernel)
+    assert got.shape == (2, 37, 2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def changed_positions(model, length=24, positions=(2, 9, 13)):
+    """Row i changes the token at positions[i]; returns a (rows, T) bool: logits changed."""
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (1, length), 0, 32)
+    rows = jnp.repeat(tokens, len(positions), axis=0)
+    pos = jnp.asarray(positions)
+    edited = rows.at[jnp.arange(len(positions)), pos].set((rows[jnp.arange(len(positions)), pos] + 7) % 32)
+    delta = jnp.abs(forward(model, edited) - forward(model, rows)).max(-1)
+    return np.asarray(delta > 1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causal_and_context_reaches_later_blocks(variant):
+    model = build_model(tiny(variant), rngs=nnx.Rngs(0))
+    positions = (2, 9, 13)
+    changed = changed_positions(model, positions=positions)
+    for row, p in enumerate(positions):
+        assert not changed[row, :p].any(), f"{variant}: a change at {p} leaked to earlier positions"
+        assert changed[row, p:].all(), f"{variant}: a change at {p} did not reach every later position"
+
+
+def test_without_ssm_blocks_are_independent():
+    """Control for the test above: with no BST layer (bst_every > num_layers), a
+    change stays inside its block, so the reach across blocks is the SSM's doing."""
+    model = build_model(tiny("mh", bst_every=3), rngs=nnx.Rngs(0))
+    changed = changed_positions(model, positions=(2,))
+    assert changed[0, 2:4].all() and not changed[0, 4:].any()
+
+
+def test_incremental_decoding_equals_full_forward():
+    """Decoding runs the variant-independent history path, so one variant (mf, the
+    most indexing) covers it; causality of each variant is tested above."""
+    model = build_model(tiny("mf", block_len=4), rngs=nnx.Rngs(1))
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 19), 0, 32)
+    full = forward(model, tokens)                          # T = 19: padded to 20 inside
+    step = nnx.jit(lambda m, t, c: m(t, cache=c))
+    cache = model.init_cache(2, 22)                        # buffer of 22 (padded to 24)
+    logits, cache = step(model, tokens[:, :5], cache)      # prefill across a block boundary
+    outs = [logits]
+    for t in range(5, 19):
+        logits, cache = step(model, tokens[:, t:t + 1], cache)
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-4, atol=1e-4)
+    assert int(cache.index) == 19
+
+
+@pytest.mark.parametrize("energy", ea.available_energies())
+def test_every_registered_energy_plugs_in(energy):
+    model = build_model(tiny("mf", energy=energy, num_layers=1), rngs=nnx.Rngs(0))
+    assert model.layers[0].attn.energy is ea.get_energy(energy)
+    assert model.layers[0].cross.energy is ea.get_energy(energy)
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (1, 12), 0, 32)
+    edited = tokens.at[0, 5].set((tokens[0, 5] + 7) % 32)
+
+    @nnx.jit
+    def run(m):    # one compile: both forward passes and the gradient
+        grads = nnx.grad(lambda m: m(tokens).std())(m)
+        return jnp.abs(m(edited) - m(tokens)).max(-1)[0] > 1e-6, grads
+
+    changed, grads = run(model)
+    assert not changed[:5].any() and changed[5:].all()
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_training_lowers_the_loss(tmp_path):
+    from train.loop import train
+    run = tmp_path / "run"
+    cfg = load_config(None, [
+        "model.name=bst", "model.num_layers=1", "model.d_model=32", "model.num_heads=2",
+        "model.max_seq_len=32", "model.bst.block_len=8", "model.bst.state_dim=8", "data.seq_len=32",
+        "train.batch_size=4", "train.eval_batches=1", "optim.warmup_steps=2", "optim.lr=1e-2",
+        "train.steps=20", "train.eval_every=20", "checkpoint.every=20", "train.sample_tokens=0",
+        "logging.log_every=1", "logging.progress_bar=false", "logging.wandb=disabled", f"train.run_dir={run}"])
+    train(cfg, log=lambda *_: None)
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r.get("split", "train") == "train"]
+    assert losses[-1] < losses[0] - 0.5                    # byte-level: starts near log(257)
+
+
+BASE = ["model.name=bst", "model.max_seq_len=128", "data.seq_len=128"]
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model.bst.variant=multi"], "model.bst.variant='multi' is not one of"),
+    (["model.bst.block_len=0"], "model.bst.block_len must be >= 1"),
+    (["model.bst.block_len=48"], "data.seq_len=128 must be divisible by model.bst.block_len=48"),
+    (["model.bst.state_dim=5"], "model.bst.state_dim=5 must be even"),
+    (["model.bst.variant=mf", "model.bst.num_context_states=5"], "divisible by model.bst.num_filters"),
+    (["mesh.seq=2"], "model.name=bst does not support mesh.seq=2"),
+])
+def test_bad_options_give_one_clear_error(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, BASE + override)
+
+
+def test_model_constructor_rejects_a_bad_variant():
+    with pytest.raises(ValueError, match="model.bst.variant='xy'"):
+        BlockStateTransformer(tiny("xy"), rngs=nnx.Rngs(0))
+
+
+def test_bench_models_cli_tiny_run_and_bad_lengths(capsys, tmp_path):
+    from train.cli import main
+    path = tmp_path / "bench.json"
+    code = main(["bench", "models", "--models", "bst", "--lengths", "64", "--d-model", "16",
+                 "--layers", "1", "--heads", "2", "--block-len", "16", "--repeats", "1", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "bst" in out and "needs both T=4096 and T=16384" in out
+    rows = json.loads(path.read_text())["models"]["bst"]
+    assert set(rows) == {"64"} and all(r["step_s"] > 0 and r["memory_bytes"] > 0 for r in rows.values())
+    assert main(["bench", "models", "--lengths", "100", "--block-len", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "100 is not a multiple of --block-len=64" in err[0]
