@@ -21,5 +21,10 @@ def instantiate_zeros(tree):
     def zeros(x):
         if not _is_symbolic(x):
             return x
-        return np.zeros(x.shape, x.dtype) if x.dtype == jax.dtypes.float0 else jnp.zeros(x.shape, x.dtype)
+        if x.dtype == jax.dtypes.float0:
+            return np.zeros(x.shape, x.dtype)
+        # Inside shard_map a zero tangent must vary over the same mesh axes as its primal.
+        axes = tuple(sorted(x.aval.manual_axis_type.varying))
+        z = jnp.zeros(x.shape, x.dtype)
+        return jax.lax.pcast(z, axes, to="varying") if axes else z
     return jax.tree_util.tree_map(zeros, tree, is_leaf=_is_symbolic)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .masks import Mask, as_mask
+from .primitives import varying_like
 from .registry import get_energy
 
 # --------------------------------------------------------------- input checks
@@ -76,7 +77,9 @@ def _scalar_energy(fn, q, k, v, mask, params):
 
 
 def _zero_source(q, v):
-    return jnp.zeros(q.shape[:-1] + (v.shape[-1],), q.dtype)
+    # Inside shard_map, ζ must vary over the mesh axes q varies over: a replicated
+    # ζ would make jax.grad sum every device's output (the transpose of pvary).
+    return varying_like(jnp.zeros(q.shape[:-1] + (v.shape[-1],), q.dtype), q)
 
 
 # --------------------------------------------------------------- derivations

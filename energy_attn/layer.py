@@ -23,6 +23,7 @@ from .kv_cache import KVCache
 from .masks import Mask
 from .registry import get_energy
 from .rope import apply_rope
+from .sequence_sharding import attend_sharded, current_sequence_sharding
 
 
 class EnergyAttention(nnx.Module):
@@ -121,7 +122,12 @@ class EnergyAttention(nnx.Module):
         return out if cache is None else (out, cache)
 
     def attend_heads(self, q, k, v, mask):
-        """(B, Tq, H, Dk), (B, Tk, H_kv, Dk), (B, Tk, H_kv, Dv) -> (B, Tq, H, Dv): ∂F/∂ζ of the energy."""
+        """(B, Tq, H, Dk), (B, Tk, H_kv, Dk), (B, Tk, H_kv, Dv) -> (B, Tq, H, Dv): ∂F/∂ζ of the energy.
+        Inside `sequence_sharding(...)` the sequence is split over devices and the
+        energy is reduced across them (energy_attn.tree)."""
+        spec = current_sequence_sharding()
+        if spec is not None:
+            return attend_sharded(self.energy, q, k, v, mask, spec, dict(self.energy_params))
         return attend(self.energy, q, k, v, mask=mask, **self.energy_params)
 
     @staticmethod

@@ -68,9 +68,16 @@ def source_scores(zeta, v):
     exact bilinear derivative, so every derivative (any order) stays correct.
     """
     return jax.lax.cond(jnp.all(zeta == 0),
-                        lambda: jnp.zeros(zeta.shape[:1] + zeta.shape[2:3] + zeta.shape[1:2] + v.shape[1:2],
-                                          jnp.result_type(zeta, v)),
+                        lambda: varying_like(jnp.zeros(zeta.shape[:1] + zeta.shape[2:3] + zeta.shape[1:2]
+                                                        + v.shape[1:2], jnp.result_type(zeta, v)), zeta, v),
                         lambda: jnp.einsum("bqhd,bkhd->bhqk", zeta, v))
+
+
+def varying_like(x, *refs):
+    """x typed as varying over every mesh axis one of `refs` varies over (inside
+    shard_map both cond branches must agree; a no-op outside shard_map)."""
+    axes = set().union(*(jax.typeof(r).manual_axis_type.varying for r in refs))
+    return jax.lax.pcast(x, tuple(sorted(axes)), to="varying") if axes else x
 
 
 @partial(source_scores.defjvp, symbolic_zeros=True)

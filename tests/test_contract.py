@@ -97,3 +97,16 @@ def test_flash_block_sizes_must_divide():
     q, k, v = make_qkv()
     with pytest.raises(ValueError, match="impl='flash' needs"):
         ea.attend("softmax", q, k, v, impl="flash", block_q=5, block_k=5)
+
+
+def test_attend_inside_shard_map_with_per_device_queries():
+    """Each device attends its own queries to its own keys. ζ must vary like q: a
+    replicated ζ would make jax.grad sum every device's output (4x too large here)."""
+    from jax.sharding import AxisType, PartitionSpec as P
+    mesh = jax.make_mesh((4,), ("seq",), axis_types=(AxisType.Auto,), devices=jax.devices()[:4])
+    q, k, v = (jax.random.normal(key, (2, 16, 2, 8)) for key in jax.random.split(jax.random.key(0), 3))
+    local = jax.shard_map(lambda q, k, v: ea.attend("softmax", q, k, v, mask=ea.causal()), mesh=mesh,
+                          in_specs=P(None, "seq"), out_specs=P(None, "seq"))
+    want = jnp.concatenate([ea.attend("softmax", *(x[:, 4 * i:4 * i + 4] for x in (q, k, v)),
+                                      mask=ea.causal()) for i in range(4)], axis=1)
+    np.testing.assert_allclose(jax.jit(local)(q, k, v), want, atol=1e-6)

@@ -13,7 +13,7 @@ from energy_attn.energies.softmax import softmax_reference
 from tests import reference as ref
 from tests.test_energies import make_qkv, mask_case
 
-IMPLS = ["blockwise", "dense", "flash", "dpa"]
+IMPLS = ["blockwise", "dense", "flash", "dpa", "few_queries"]
 OPTS = dict(block_q=4, block_k=4)      # tiny blocks so block skipping is exercised
 
 
@@ -51,7 +51,7 @@ def test_log_partition_value(impl):
     np.testing.assert_allclose(f, ref.softmax_log_partition(q, k, jnp.asarray(allowed), 8 ** -0.5, bias), rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["blockwise", "flash"])
+@pytest.mark.parametrize("impl", ["blockwise", "flash", "few_queries"])
 def test_source_derivatives_at_nonzero_zeta(impl):
     """The ζ·v term is skipped in value when ζ = 0; derivatives must not notice."""
     q, k, v = make_qkv()
@@ -161,3 +161,24 @@ def test_property_softmax_vs_reference(b, tq, extra_k, hkv, groups, dk, dv, caus
     seen = np.maximum(allowed.sum(-1, keepdims=True), 1)
     want = ref.sigmoid_attention(q, k, v, jnp.asarray(allowed), dk ** -0.5, -np.log(seen))
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_decoding_picks_the_few_query_kernel_and_stays_exact():
+    """One new token against a long cache (auto -> few_queries), grouped-query heads,
+    a partly filled buffer with one empty row: output, first and second order."""
+    from energy_attn.kernels import choose_implementation
+    q, k, v = make_qkv(seed=9, tq=1, tk=1024, b=3, h=4, hkv=2)
+    assert choose_implementation("auto", q, k, ea.causal()) == "few_queries"
+    filled = jnp.arange(1024)[None] < jnp.array([[700], [1024], [0]])
+    mask = ea.padding(kv_valid=filled)
+    out = ea.attend("softmax", q, k, v, mask=mask)
+    np.testing.assert_allclose(out, ea.attend(softmax_reference, q, k, v, mask=mask), atol=1e-5)
+    assert np.all(np.asarray(out[2]) == 0)                 # the empty row: zeros, not NaN
+    w = jax.random.normal(jax.random.PRNGKey(3), out.shape)
+    loss = lambda e: lambda q, k, v: jnp.sum(jnp.sin(ea.attend(e, q, k, v, mask=mask)) * w)
+    for got, want in zip(jax.grad(loss("softmax"), (0, 1, 2))(q, k, v),
+                         jax.grad(loss(softmax_reference), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    dq = jax.random.normal(jax.random.PRNGKey(4), q.shape)
+    hvp = lambda e: jax.jvp(lambda q: jax.grad(loss(e))(q, k, v), (q,), (dq,))[1]
+    np.testing.assert_allclose(hvp("softmax"), hvp(softmax_reference), atol=1e-4, rtol=1e-3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -22,6 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from energy_attn.sequence_sharding import SequenceSharding, sequence_sharding
 from models import build_model, generate, num_params
 from train.checkpoint import Checkpointer
 from train.config import Config, OptimConfig, dump_yaml, to_dict
@@ -62,6 +64,24 @@ def make_mesh(cfg: Config):
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def sequence_spec(cfg: Config, mesh) -> SequenceSharding | None:
+    """How the model's attention shards the sequence (None: mesh.seq = 1)."""
+    if cfg.mesh.seq == 1:
+        return None
+    return SequenceSharding(mesh, seq_axis="seq", batch_axis="data", layout=cfg.mesh.seq_layout)
+
+
+def sequence_layout(spec: SequenceSharding | None, seq_len: int):
+    """The token order the devices hold: dual-chunk order puts chunks i and 2p-1-i on
+    device i. Inputs, targets, positions and segment ids are permuted alike (targets
+    were shifted before, so the next-token pairs survive shard boundaries), and the
+    mean loss does not depend on token order."""
+    if spec is None or spec.layout == "contiguous":
+        return None
+    from energy_attn.tree import dual_chunk_permutation
+    return dual_chunk_permutation(seq_len, spec.num_shards)
+
+
 def loss_fn(model, batch, *, deterministic: bool = True):
     logits = model(batch["inputs"], segment_ids=batch["segment_ids"],
                    positions=batch["positions"], deterministic=deterministic)
@@ -72,9 +92,11 @@ def train_loss(model, batch):
     return loss_fn(model, batch, deterministic=False)   # dropout on
 
 
-def make_train_step(grad_accum: int):
+def make_train_step(grad_accum: int, spec: SequenceSharding | None = None):
+    """The jitted step. Built per run: the sequence-sharding setting is read while
+    it traces, so a step traced for one mesh must not serve another."""
     @nnx.jit
-    def train_step(model, optimizer, batch):
+    def jitted(model, optimizer, batch):
         # batch arrays are (grad_accum, micro_batch, T): average the gradients.
         total_loss, total_grads = 0.0, None
         for i in range(grad_accum):
@@ -85,17 +107,42 @@ def make_train_step(grad_accum: int):
             total_grads = scaled if total_grads is None else jax.tree.map(jnp.add, total_grads, scaled)
         optimizer.update(model, total_grads)
         return total_loss, optax.tree.norm(total_grads)
+
+    def train_step(model, optimizer, batch):
+        with sequence_sharding(spec):
+            return jitted(model, optimizer, batch)
     return train_step
 
 
-@nnx.jit
-def eval_step(model, batch):
-    return loss_fn(model, batch, deterministic=True)
+def make_eval_step(spec: SequenceSharding | None = None):
+    jitted = nnx.jit(partial(loss_fn, deterministic=True))
+
+    def eval_step(model, batch):
+        with sequence_sharding(spec):
+            return jitted(model, batch)
+    return eval_step
 
 
-def evaluate(model, val_batches, put) -> float:
+def evaluate(model, val_batches, put, eval_step=None) -> float:
+    eval_step = eval_step or make_eval_step()
     losses = [float(eval_step(model, put(b))) for b in val_batches]
     return float(np.mean(losses))
+
+
+def to_global(tree, sharding: NamedSharding):
+    """Arrays every process holds identically (a batch from the deterministic data
+    pipeline, parameters built from the same seed) -> global jax.Arrays placed as
+    `sharding` says. One process: a device_put. Several: each process fills the
+    slices its own devices hold (device_put cannot reach other hosts' devices)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):       # RNG keys travel as their raw bits
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    return jax.tree.map(one, tree)
 
 
 @dataclass
@@ -114,22 +161,28 @@ def train(cfg: Config, *, log=print) -> RunResult:
     t_start = time.perf_counter()
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    main_process = jax.process_index() == 0
+    if not main_process:                 # one voice: process 0 prints and writes the files
+        log = lambda *_: None            # noqa: E731
     mesh = make_mesh(cfg)
-    batch_sharding = NamedSharding(mesh, P(None, "data"))   # (accum, batch, T): batch over `data`
+    spec = sequence_spec(cfg, mesh)
+    layout = sequence_layout(spec, cfg.data.seq_len)
+    # (accum, batch, T): batch over `data`, sequence over `seq`.
+    batch_sharding = NamedSharding(mesh, P(None, "data", "seq"))
     replicated = NamedSharding(mesh, P())
 
-    # Data first: the tokenizer fixes the vocabulary size.
+    # Data first: the tokenizer fixes the vocabulary size. Every process reads the
+    # same global batches and keeps its devices' slices (see to_global).
     tokenizer, train_batches, val_batches = build_data(
-        cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
 
     model = build_model(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed, dropout=cfg.train.seed + 1))
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
     # Replicate every parameter and optimizer slot over the mesh (data parallelism).
-    nnx.update(model, jax.device_put(nnx.state(model), replicated))
-    nnx.update(optimizer, jax.device_put(nnx.state(optimizer), replicated))
+    nnx.update(model, to_global(nnx.state(model), replicated))
+    nnx.update(optimizer, to_global(nnx.state(optimizer), replicated))
 
     ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, keep_best=cfg.checkpoint.keep_best)
     start_step = 0
@@ -141,9 +194,10 @@ def train(cfg: Config, *, log=print) -> RunResult:
             nnx.update(optimizer, state["optimizer"])
             train_batches.restore(meta["data"])
             log(f"resumed from step {start_step} in {run_dir}")
-    dump_yaml(cfg, run_dir / "config.yaml")
-    metrics = MetricsLogger(run_dir, wandb_mode=cfg.logging.wandb, project=cfg.logging.project,
-                            config=to_dict(cfg))
+    if main_process:
+        dump_yaml(cfg, run_dir / "config.yaml")
+    metrics = (MetricsLogger(run_dir, wandb_mode=cfg.logging.wandb, project=cfg.logging.project,
+                             config=to_dict(cfg)) if main_process else _NoMetrics())
     n_params = num_params(model)
     log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters, energy "
         f"{cfg.model.attention.energy}, vocab {tokenizer.vocab_size}; {cfg.train.steps} steps")
@@ -153,14 +207,18 @@ def train(cfg: Config, *, log=print) -> RunResult:
 
     def put(batch, leading_accum=False):
         batch = {k: np.asarray(v) for k, v in batch.items()}
+        if layout is not None:
+            batch = {k: v[..., layout] for k, v in batch.items()}
         if leading_accum:
             batch = {k: v.reshape(accum, micro, *v.shape[1:]) for k, v in batch.items()}
-            return jax.device_put(batch, batch_sharding)
-        return jax.device_put(batch, NamedSharding(mesh, P("data")))
+            return to_global(batch, batch_sharding)
+        return to_global(batch, NamedSharding(mesh, P("data", "seq")))
 
-    train_step = make_train_step(accum)
+    train_step = make_train_step(accum, spec)
+    eval_step = make_eval_step(spec)
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-    bar = ProgressBar(cfg.train.steps, initial_step=start_step, enabled=cfg.logging.progress_bar)
+    bar = ProgressBar(cfg.train.steps, initial_step=start_step,
+                      enabled=cfg.logging.progress_bar and main_process)
     val_loss, loss = math.nan, math.nan
     step = start_step
     try:
@@ -182,7 +240,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
             if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
                 metrics.log(step, {"loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s})
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put)
+                val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put, eval_step)
                 val = eval_metrics(val_loss, getattr(val_batches, "bytes_per_token", None))
                 metrics.log(step, val, split="val")
                 log(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
@@ -192,13 +250,14 @@ def train(cfg: Config, *, log=print) -> RunResult:
                                 "tokenizer": tokenizer.to_dict() if hasattr(tokenizer, "to_dict") else None},
                           val_loss=val_loss if math.isfinite(val_loss) else None)
         if math.isnan(val_loss):      # resumed at the last step: nothing was evaluated
-            val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put)
-        _write_samples(model, tokenizer, cfg, run_dir, log)
+            val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put, eval_step)
+        _write_samples(model, tokenizer, cfg, run_dir, log, write=main_process)
     finally:
         bar.close()
         ckpt.close()          # waits for the async save: never exit with a half-written checkpoint
         metrics.close()
-    _plot_losses(run_dir)
+    if main_process:
+        _plot_losses(run_dir)
     wall = time.perf_counter() - t_start
     log(f"done: step {step}, train loss {loss:.4f}, val loss {val_loss:.4f} "
         f"({wall:.0f} s); run directory {run_dir}")
@@ -216,12 +275,25 @@ def eval_metrics(val_loss: float, bytes_per_token: float | None) -> dict:
     return out
 
 
-def _write_samples(model, tokenizer, cfg: Config, run_dir: Path, log):
+class _NoMetrics:
+    """Stands in for MetricsLogger on processes other than 0."""
+    wandb_mode = "disabled"
+
+    def log(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _write_samples(model, tokenizer, cfg: Config, run_dir: Path, log, write: bool = True):
     prompt = np.asarray([[tokenizer.eos_id]], np.int32)   # start of a fresh document
     max_new = min(cfg.train.sample_tokens, cfg.model.max_seq_len - 1)
     out = generate(model, prompt, max_new, rng=jax.random.key(cfg.train.seed),
                    temperature=cfg.train.temperature, top_k=cfg.train.top_k or None)
     text = tokenizer.decode([int(t) for t in np.asarray(out)[0, 1:]])
+    if not write:
+        return
     (run_dir / "samples.txt").write_text(text)
     log("sample:\n" + text[:500])
 

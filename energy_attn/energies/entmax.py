@@ -16,7 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ..primitives import blockwise_sum
+from ..primitives import varying_like, blockwise_sum
 from ..registry import register_energy
 
 _MAX_STEPS = 50        # Newton converges in a handful; this only bounds a pathological row
@@ -58,7 +58,8 @@ def _threshold(x, valid, alpha):
             _, change, step = state
             return (change > tol) & (step < _MAX_STEPS)
 
-        tau, _, _ = jax.lax.while_loop(not_done, newton, (x_max - 1.0, jnp.inf, 0))
+        start = (x_max - 1.0, varying_like(jnp.asarray(jnp.inf, x.dtype), x), 0)  # shard_map: carry types match
+        tau, _, _ = jax.lax.while_loop(not_done, newton, start)
         return tau, excess(tau) ** power
 
     n = jnp.maximum(valid.sum(-1, keepdims=True), 1)

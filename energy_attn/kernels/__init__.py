@@ -8,6 +8,8 @@ Implementations:
   "dense":     one block (= plain masked softmax attention)
   "flash":     online-lse loops with a recomputing backward, O(T) memory (long T)
   "dpa":       jax.nn.dot_product_attention (cuDNN on GPU for bf16/f16)
+  "few_queries": a few queries against many keys (decoding): K and V are read in
+               their own layout, no heads-first copy of the cache
   "auto":      picks one of the above from the backend, mask and sizes.
 """
 from __future__ import annotations
@@ -21,9 +23,14 @@ from jax.custom_derivatives import SymbolicZero
 from ..autodiff import instantiate_zeros
 from ..masks import Mask
 from .blockwise import attention_blocks
+from .few_queries import few_query_attention
 from .flash import flash_attention
 
-IMPLEMENTATIONS = ("auto", "blockwise", "dense", "flash", "dpa")
+IMPLEMENTATIONS = ("auto", "blockwise", "dense", "flash", "dpa", "few_queries")
+
+# "few_queries" multiplies H_kv-fold zeros to avoid copying K/V; worth it while the
+# query rows are few (Tq·H) and the keys many.
+FEW_QUERY_ROWS, FEW_QUERY_MIN_KEYS = 64, 1024
 
 # Above this many score entries (B·H·Tq·Tk) a kernel that keeps T×T residuals for
 # autodiff costs more than ~1 GiB; switch to the recomputing flash kernel.
@@ -37,9 +44,12 @@ def choose_implementation(impl: str, q, k, mask: Mask) -> str:
         return impl
     b, tq, h, _ = q.shape
     tk = k.shape[1]
+    gpu = jax.default_backend() == "gpu"
+    if not gpu and tq * h <= FEW_QUERY_ROWS and tk >= FEW_QUERY_MIN_KEYS:
+        return "few_queries"
     if b * h * tq * tk > FLASH_THRESHOLD and _divides(tq, 512) and _divides(tk, 512):
         return "flash"
-    if jax.default_backend() == "gpu" and mask.q_valid is None and mask.window is None:
+    if gpu and mask.q_valid is None and mask.window is None:
         return "dpa"
     return "blockwise"
 
@@ -62,6 +72,8 @@ def softmax_attention(q, k, v, zeta, mask: Mask, beta, impl: str = "auto",
     block = q.shape[1] if impl == "dense" else block_q
     if impl == "dpa":
         return _skip_zero_source(_dpa, q, k, v, zeta, mask, block)
+    if impl == "few_queries":
+        return _skip_zero_source(few_query_attention, q, k, v, zeta, mask, block)
     return _skip_zero_source(attention_blocks, q, k, v, zeta, mask, block)
 
 
