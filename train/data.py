@@ -10,6 +10,8 @@ Sources (`data.source`):
     hf       `datasets.load_dataset(hf_path, hf_name, split=hf_split, streaming=True)`,
              e.g. Zyphra/Zyda (see ZYDA). With `data.path` set it is passed as `data_files`,
              so `hf_path: parquet, path: shards/*.parquet` streams local files the same way.
+    cache    a tokenized, memory-mapped cache (`data.cache_dir`) written by
+             `energy-attn data prepare`; see train/token_cache.py.
 
 Validation split: by document, with a stable hash of the text (blake2b), so the same
 document is held out on every run and machine, whatever the seed. Streams hold out the
@@ -562,6 +564,10 @@ def build_data(cfg: DataConfig, *, batch_size: int, seed: int, process_index: in
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if cfg.source == "hf":
         return _build_stream(cfg, batch_size, seed, process_index, process_count)
+    if cfg.source == "cache":            # a tokenized, memory-mapped cache (train/token_cache.py)
+        from train.token_cache import build_cache_data
+        return build_cache_data(cfg, batch_size=batch_size, seed=seed,
+                                process_index=process_index, process_count=process_count)
     if cfg.source == "builtin":
         from train.corpus import builtin_documents
         docs = builtin_documents()
@@ -571,7 +577,7 @@ def build_data(cfg: DataConfig, *, batch_size: int, seed: int, process_index: in
                              "directory or glob)")
         docs = read_documents(cfg.path, cfg.text_column)
     else:
-        raise ValueError(f"data.source={cfg.source!r} is not one of 'builtin', 'text', 'hf'")
+        raise ValueError(f"data.source={cfg.source!r} is not one of 'builtin', 'text', 'hf', 'cache'")
 
     tokenizer = build_tokenizer(cfg.tokenizer, corpus_text="".join(docs) if cfg.tokenizer == "char"
                                 else None)
