@@ -224,7 +224,8 @@ def test_invalid_yaml_syntax(tmp_path):
     (["optim.grad_accum=3"], r"train\.batch_size=16 is not divisible by optim\.grad_accum=3"),
     (["mesh.data=0"], r"mesh\.data must be >= 1"),
     (["mesh.seq=0"], r"mesh\.seq must be >= 1"),
-    (["mesh.seq=2"], r"mesh\.seq=2: sequence sharding arrives with the tree-attention work"),
+    (["mesh.seq=3"], r"data\.seq_len=128 is not divisible by 6, the number of sequence chunks"),
+    (["mesh.seq_layout=ring"], r"mesh\.seq_layout='ring' is not one of"),
     (["mesh.data=3"], r"train\.batch_size=16 is not divisible by mesh\.data=3"),
     (["mesh.data=4", "optim.grad_accum=8"], r"not divisible by mesh\.data=4 \(per micro-batch"),
     (["optim.lr=0"], r"optim\.lr must be > 0"),
@@ -263,7 +264,7 @@ def test_valid_combinations_pass():
 
 def test_validate_lists_every_problem():
     with pytest.raises(ValueError) as e:
-        load_config(None, ["model.mlp=relu", "optim.lr=0", "mesh.seq=2"])
+        load_config(None, ["model.mlp=relu", "optim.lr=0", "mesh.seq=3"])
     msg = str(e.value)
     assert msg.count("\n  - ") == 3
     assert "model.mlp" in msg and "optim.lr" in msg and "mesh.seq" in msg

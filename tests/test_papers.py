@@ -15,3 +15,17 @@ def test_hopfield_reproduction_quick(tmp_path):
     assert results
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"basins.png", "capacity.png", "digits.png"} <= set(pngs)
+
+
+def test_energy_zoo_quick(tmp_path):
+    """papers/energy_zoo --quick: a 2-energy sweep, its compare report and the summary table."""
+    out = tmp_path / "zoo"
+    subprocess.run([sys.executable, str(REPO / "papers" / "energy_zoo" / "run.py"), "--quick",
+                    "--quiet", "--out", str(out), "--runs", str(tmp_path / "runs")], check=True, cwd=REPO, capture_output=True, timeout=600)
+    res = json.loads((out / "results.json").read_text())
+    groups = {g["group"]: g for g in res["datasets"]["builtin"]["groups"]}
+    assert set(groups) == {"softmax", "sigmoid"}
+    assert all(g["val_loss_n"] == 1 and 0 < g["val_loss"] < 10 for g in groups.values())
+    for name in ("report.html", "curves.png", "results.csv"):
+        assert (out / "builtin" / name).is_file(), name
+    assert "| softmax |" in (out / "results.md").read_text()

@@ -59,12 +59,14 @@ def name_list(text):
 
 
 def _add_bench(sub):
-    p = _parser(sub, "bench", help="benchmarks (attention; later: train, decode)",
+    p = _parser(sub, "bench", help="benchmarks (attention, train, decode)",
                 description="Benchmarks. Each measures everything it compares in one run.",
                 example="energy-attn bench attention --skip-long")
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     _add_bench_attention(bench)
     _add_bench_train(bench)
+    _add_bench_models(bench)
+    _add_bench_decode(bench)
 
 
 def _add_bench_attention(sub):
@@ -160,6 +162,135 @@ def _bench_train(args):
     return 0
 
 
+def _add_bench_decode(sub):
+    p = _parser(
+        sub, "decode", help="sharded-KV-cache decode: tree attention vs ring vs all-gather of partials",
+        description=(
+            "One decode step (one query token) over a KV cache sharded along its length on N\n"
+            "simulated CPU devices: tree attention, ring attention (ppermute K/V) and all-gather of\n"
+            "partial (o, lse), timed in alternating rounds (median), with the bytes each device sends\n"
+            "(read from the compiled HLO) and XLA's peak buffer memory per device. Targets: tree >= 8x\n"
+            "faster than ring, no slower than all-gather, >= 100x fewer bytes and <= 0.6x the memory of\n"
+            "ring; printed as PASS/MISS, exit code 0. Runs in a child process when this one cannot\n"
+            "have N devices. Then a sequence-sharded train step (mesh.seq=N, T=2048) against one\n"
+            "device with the same global batch (--skip-train to skip)."),
+        example="energy-attn bench decode --tokens 65536 --devices 4 --json decode.json")
+    p.add_argument("--tokens", type=positive_int, default=262144,
+                   help="KV-cache length, a multiple of --devices (default 262144)")
+    p.add_argument("--heads", type=positive_int, default=16, help="heads (default 16)")
+    p.add_argument("--head-dim", type=positive_int, default=128, help="head width (default 128)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--devices", type=positive_int, default=8,
+                   help="simulated devices the cache is sharded over (default 8)")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="timed rounds, each method once per round (default 3)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="K/V dtype (default float32; XLA:CPU widens bf16 collectives to f32)")
+    p.add_argument("--skip-train", action="store_true",
+                   help="skip the sequence-sharded train step vs one device (run after the decode)")
+    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.set_defaults(handler=_bench_decode, prog=p.prog)
+
+
+def _bench_decode(args):
+    if args.tokens % args.devices:
+        raise CLIError(f"--tokens {args.tokens} must be divisible by --devices {args.devices}")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise CLIError(f"--json: folder {os.path.dirname(os.path.abspath(args.json))!r} does not exist")
+    from energy_attn import bench_decode
+    try:
+        res = bench_decode.decode(tokens=args.tokens, heads=args.heads, head_dim=args.head_dim,
+                                  batch=args.batch, devices=args.devices, rounds=args.rounds,
+                                  dtype=args.dtype)
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    print(bench_decode.format_report(res), flush=True)
+    if not args.skip_train:
+        res["train_step"] = _bench_sharded_train_step(args.devices)
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _bench_sharded_train_step(devices: int) -> str:
+    """A sequence-sharded train step on `devices` simulated devices vs one device, same
+    global batch; in a child process, which needs XLA_FLAGS before JAX starts."""
+    import subprocess
+    print(f"\nsequence-sharded train step (mesh.seq={devices}) vs one device, same global batch …",
+          file=sys.stderr, flush=True)
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                                       f" --xla_force_host_platform_device_count={devices}").strip()}
+    proc = subprocess.run([sys.executable, "-m", "train.bench_sharded", f"mesh.seq={devices}"],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CLIError(f"the sharded train-step benchmark failed: {proc.stderr.strip()[-500:]}")
+    line = proc.stdout.strip().splitlines()[-1]
+    print(line, flush=True)
+    return line
+
+
+def int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _add_bench_models(sub):
+    p = _parser(
+        sub, "models", help="train-step time and memory of each zoo model as T grows (1k..16k)",
+        description=(
+            "Train-step time (fwd+bwd+AdamW, median after compile) and compiled memory (XLA\n"
+            "memory_analysis: temp + argument bytes) of each zoo model at each length, then the\n"
+            "growth from T=4096 to T=16384 with PASS/MISS: BST <= 5x; the hybrid (zamba) well below\n"
+            "the transformer's; the transformer's is reported. Models not registered are skipped."),
+        example="energy-attn bench models --lengths 1024,4096,16384 --models transformer,bst")
+    p.add_argument("--models", type=name_list, default=None, metavar="A,B,...",
+                   help="models to measure (default: transformer,zamba,bst)")
+    p.add_argument("--lengths", type=int_list, default=None, metavar="T1,T2,...",
+                   help="sequence lengths, multiples of --block-len (default 1024,2048,4096,8192,16384)")
+    p.add_argument("--d-model", type=positive_int, default=128, help="width (default 128)")
+    p.add_argument("--layers", type=positive_int, default=2, help="layers (default 2)")
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--block-len", type=positive_int, default=64, help="BST block length W (default 64)")
+    p.add_argument("--variant", default="mh", choices=("sh", "mh", "mf"), help="BST variant (default mh)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed steps after compile (default 3)")
+    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.set_defaults(handler=_bench_models, prog=p.prog)
+
+
+def _bench_models(args):
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise CLIError(f"--json: folder {os.path.dirname(os.path.abspath(args.json))!r} does not exist")
+    from models import MODELS
+    from models.bench_models import LENGTHS, ZOO, bench_models, format_report
+    for name in args.models or []:
+        if name not in ZOO and name not in MODELS:
+            close = difflib.get_close_matches(name, list(MODELS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise CLIError(f"--models: unknown model {name!r}.{hint} Registered: {', '.join(sorted(MODELS))}")
+    try:
+        res = bench_models(models=args.models or ZOO, lengths=args.lengths or LENGTHS,
+                           d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
+                           batch=args.batch, block_len=args.block_len, variant=args.variant,
+                           repeats=args.repeats)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(format_report(res), flush=True)
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+    return 0
+
+
 # ------------------------------------------------------------------ train / eval / sample
 
 
@@ -168,12 +299,25 @@ def _add_train(sub):
                 description=(
                     "Train a model from a YAML config plus dotted overrides. With no arguments it trains\n"
                     "the default config on the built-in corpus (CPython's own documentation).\n"
-                    "Running the same command again resumes from the run directory's latest checkpoint."),
+                    "Running the same command again resumes from the run directory's latest checkpoint.\n\n"
+                    "Sequence sharding: mesh.seq=S splits every sequence over S devices (attention is\n"
+                    "tree-reduced across them); mesh.data=D splits the batch. Several processes (hosts):\n"
+                    "start one per host with the same command plus --coordinator/--num-processes/\n"
+                    "--process-id, or set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.\n"
+                    "On one machine, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N CPU devices."),
                 example="energy-attn train configs/shakespeare_char.yaml model.attention.energy=sigmoid "
-                        "train.steps=500")
+                        "train.steps=500\n  XLA_FLAGS=--xla_force_host_platform_device_count=8 "
+                        "energy-attn train mesh.data=2 mesh.seq=4\n  energy-attn train mesh.seq=8 "
+                        "--coordinator 127.0.0.1:1234 --num-processes 2 --process-id 0   # and id 1")
     p.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. model.num_layers=2 data.seq_len=128")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-process: address of process 0 (env JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=positive_int, default=None,
+                   help="multi-process: number of processes (env JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, default=None,
+                   help="multi-process: this process's id, 0-based (env JAX_PROCESS_ID)")
     p.set_defaults(handler=_train, prog=p.prog)
 
 
@@ -189,6 +333,12 @@ def _load_config(path, overrides):
 
 def _train(args):
     cfg = _load_config(args.config, args.overrides)
+    from train import distributed
+    try:
+        distributed.initialize(distributed.distributed_settings(
+            args.coordinator, args.num_processes, args.process_id))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     from train.loop import TrainingDiverged, train
     try:
         train(cfg)
@@ -452,6 +602,203 @@ def _viz_picture(args):
     return 0
 
 
+# ------------------------------------------------------------------ sweep / compare / data / config
+
+
+def _add_sweep(sub):
+    p = _parser(
+        sub, "sweep", help="train a grid of configs (cartesian product of --over lists), resumable",
+        description=(
+            "Train one run per point of the grid spanned by the --over lists, each in its own folder\n"
+            "under --out named from its values (energy-softmax__seed-0). Every point's config is\n"
+            "validated before anything runs. Re-running the same command skips finished runs and\n"
+            "resumes unfinished ones from their checkpoints. sweep.json records the grid and statuses."),
+        example="energy-attn sweep configs/default.yaml --over model.attention.energy=softmax,sigmoid "
+                "--over train.seed=0,1,2 --set train.steps=200 --out runs/sweep_energy")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--over", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="a grid axis: dotted key and comma-separated values (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="an override applied to every run (repeatable)")
+    p.add_argument("--out", default=None, help="sweep folder (default runs/sweep_<config name>)")
+    p.add_argument("--processes", type=positive_int, default=1,
+                   help="runs at a time, each in a subprocess logging to RUN/train.log "
+                        "(default 1: one after another in this process)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs, train nothing")
+    p.set_defaults(handler=_sweep, prog=p.prog)
+
+
+def _sweep(args):
+    from train.sweep import parse_over, plan, run_sweep
+    try:
+        over = [parse_over(o) for o in args.over]
+        points = plan(args.config, over, args.sets, out=args.out)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e).replace("\n", " ")) from None
+    if args.dry_run:
+        for i, pt in enumerate(points, 1):
+            print(f"[{i}/{len(points)}] {pt.run_dir}: {' '.join(pt.overrides)}")
+        return 0
+    try:
+        points = run_sweep(points, config=args.config, over=over, sets=args.sets,
+                           processes=args.processes)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return 1 if any(pt.status == "failed" for pt in points) else 0
+
+
+def _add_compare(sub):
+    p = _parser(
+        sub, "compare", help="table, loss curves and an HTML report from run directories",
+        description=(
+            "Summarize runs (or sweep folders): energy, parameters, final val loss, bits per byte,\n"
+            "tokens/s, peak memory, W&B run. Writes results.md, results.csv, curves.png and\n"
+            "report.html to --out. What a run lacks (crashed, no val loss) is listed per run."),
+        example="energy-attn compare runs/sweep_energy --group-by model.attention.energy --out cmp/")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
+    p.add_argument("--out", default="compare", help="output folder (default ./compare)")
+    p.add_argument("--group-by", default=None, metavar="KEY",
+                   help="dotted config key: also report mean ± std over runs sharing its value")
+    p.set_defaults(handler=_compare, prog=p.prog)
+
+
+def _compare(args):
+    from train.compare import compare
+    try:
+        compare(args.runs, args.out, group_by=args.group_by)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
+def _add_data(sub):
+    p = _parser(sub, "data", help="tokenized data cache: prepare it once, train from it offline",
+                description="Tokenized, memory-mapped data caches (train with data.source=cache).",
+                example="energy-attn data prepare --source builtin --tokenizer byte --out data/builtin")
+    data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = _parser(
+        data, "prepare", help="tokenize a corpus into a cache directory",
+        description=(
+            "Tokenize builtin text, local files (.txt/.jsonl/.parquet, e.g. Zyda shards) or a\n"
+            "streamed Hugging Face dataset into DIR: token arrays (uint16/uint32, memory-mapped),\n"
+            "document offsets, header.json, and the tokenizer. Validation documents are held out\n"
+            "by the same hash rule as training from the source. Then train with\n"
+            "data.source=cache data.cache_dir=DIR. --config takes defaults from a config's data section."),
+        example="energy-attn data prepare --source text --path 'zyda/*.parquet' "
+                "--tokenizer EleutherAI/gpt-neox-20b --out data/zyda_arxiv")
+    q.add_argument("--config", default=None, help="take source/tokenizer/val settings from this config")
+    q.add_argument("--source", choices=("builtin", "text", "hf"), default=None)
+    q.add_argument("--path", default=None, help="file, directory or glob (text); data_files (hf)")
+    q.add_argument("--hf-path", default=None, help="Hugging Face dataset, e.g. Zyphra/Zyda")
+    q.add_argument("--hf-name", default=None, help="dataset config, e.g. zyda_arxiv_only")
+    q.add_argument("--hf-split", default=None, help="split (default train)")
+    q.add_argument("--text-column", default=None, help="document column (default text)")
+    q.add_argument("--tokenizer", default=None, help="byte, char, or a Hugging Face tokenizer name/file")
+    q.add_argument("--val-fraction", type=float, default=None, help="held-out share of documents")
+    q.add_argument("--val-max-docs", type=positive_int, default=None,
+                   help="cap on validation documents (streamed sources)")
+    q.add_argument("--max-docs", type=positive_int, default=None, help="stop after this many documents")
+    q.add_argument("--max-tokens", type=positive_int, default=None,
+                   help="stop after this many training tokens")
+    q.add_argument("--out", required=True, help="cache directory to create")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    q.set_defaults(handler=_data_prepare, prog=q.prog)
+    b = _parser(
+        data, "bench", help="cache read speed and data time as a share of training step time",
+        description=("Read throughput of the cache iterator, then a short training run of CONFIG\n"
+                     "from the cache: step time and the share spent fetching data (target < 5%)."),
+        example="energy-attn data bench data/builtin configs/default.yaml --steps 30")
+    b.add_argument("cache_dir", help="a directory written by `energy-attn data prepare`")
+    b.add_argument("config", nargs="?", default="configs/default.yaml")
+    b.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    b.add_argument("--steps", type=positive_int, default=30, help="timed training steps (default 30)")
+    b.set_defaults(handler=_data_bench, prog=b.prog)
+
+
+def _data_prepare(args):
+    from train.config import load_config
+    from train.token_cache import prepare_from_config
+    flags = {"source": args.source, "path": args.path, "hf_path": args.hf_path,
+             "hf_name": args.hf_name, "hf_split": args.hf_split, "text_column": args.text_column,
+             "tokenizer": args.tokenizer, "val_fraction": args.val_fraction,
+             "val_max_docs": args.val_max_docs}
+    try:
+        cfg = load_config(args.config, check=False).data
+        for k, v in flags.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        if args.config is None and args.source is None:
+            raise ValueError("give --source (builtin, text or hf) or --config")
+        if not 0.0 < cfg.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
+        prepare_from_config(cfg, args.out, max_docs=args.max_docs, max_tokens=args.max_tokens,
+                            overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
+def _data_bench(args):
+    cfg = _load_config(args.config, [*args.overrides, "data.source=cache",
+                                     f"data.cache_dir={args.cache_dir}"])
+    from train.token_cache import benchmark
+    try:
+        benchmark(cfg, steps=args.steps)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
+def _add_config(sub):
+    p = _parser(sub, "config", help="config tools: the key reference, a resolved config",
+                description="Print every config key (type, default, meaning), or a resolved config.",
+                example="energy-attn config reference > docs/config.md")
+    cfg = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    r = _parser(cfg, "reference", help="markdown table of every config key (README's reference)",
+                description="The table in README.md's configuration reference, from the dataclasses.",
+                example="energy-attn config reference --update README.md")
+    r.add_argument("--update", metavar="FILE", default=None,
+                   help="rewrite the table between FILE's <!-- config-reference --> markers instead")
+    r.set_defaults(handler=_config_reference, prog=r.prog)
+    s = _parser(cfg, "show", help="print a config with overrides applied, as YAML",
+                description="Load CONFIG, apply KEY=VALUE overrides, validate, print the YAML.",
+                example="energy-attn config show configs/default.yaml model.attention.energy=sigmoid")
+    s.add_argument("config", nargs="?", default=None)
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    s.set_defaults(handler=_config_show, prog=s.prog)
+
+
+REFERENCE_MARKERS = ("<!-- config-reference -->\n", "<!-- /config-reference -->")
+
+
+def _config_reference(args):
+    from train.config import config_reference
+    if args.update is None:
+        print(config_reference(), end="")
+        return 0
+    try:
+        text = open(args.update, encoding="utf-8").read()
+    except OSError as e:
+        raise CLIError(f"--update: cannot read {args.update!r} ({e.strerror})") from None
+    start, end = (text.find(m) for m in REFERENCE_MARKERS)
+    if start < 0 or end < start:
+        raise CLIError(f"--update: {args.update} has no '{REFERENCE_MARKERS[0].strip()}' ... "
+                       f"'{REFERENCE_MARKERS[1]}' block")
+    start += len(REFERENCE_MARKERS[0])
+    with open(args.update, "w", encoding="utf-8") as f:
+        f.write(text[:start] + config_reference() + text[end:])
+    print(f"updated the config reference in {args.update}")
+    return 0
+
+
+def _config_show(args):
+    import yaml
+    from train.config import to_dict
+    cfg = _load_config(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 
 
@@ -466,6 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_bench(sub)
     _add_viz(sub)
+    _add_sweep(sub)
+    _add_compare(sub)
+    _add_data(sub)
+    _add_config(sub)
     return p
 
 

@@ -26,8 +26,9 @@ from models.config import AttentionConfig, ModelConfig  # noqa: F401  (re-export
 
 @dataclass
 class DataConfig:
-    source: str = "builtin"          # "builtin" | "text" (local .txt/.jsonl/.parquet) | "hf"
+    source: str = "builtin"          # "builtin" | "text" (local .txt/.jsonl/.parquet) | "hf" | "cache"
     path: str | None = None          # local file or glob, for source=text
+    cache_dir: str | None = None     # directory written by `energy-attn data prepare`, for source=cache
     hf_path: str | None = None       # e.g. "Zyphra/Zyda"
     hf_name: str | None = None       # e.g. "zyda_arxiv_only"
     hf_split: str = "train"          # split of the HF dataset
@@ -55,7 +56,9 @@ class OptimConfig:
 @dataclass
 class MeshConfig:
     data: int = 1                    # data-parallel devices (the batch is split over them)
-    seq: int = 1                     # sequence sharding: the tree-attention issue
+    seq: int = 1                     # sequence-sharded devices (attention reduced across them)
+    seq_layout: str = "dual_chunk"   # "dual_chunk" (device i holds chunks i, 2p-1-i: causal
+                                     # work balanced) or "contiguous"
 
 
 @dataclass
@@ -387,7 +390,7 @@ def _plain(v: Any) -> Any:
 
 # =========================================================================== validation
 
-DATA_SOURCES = ("builtin", "text", "hf")
+DATA_SOURCES = ("builtin", "text", "hf", "cache")
 MLPS = ("swiglu", "gelu")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
@@ -445,12 +448,34 @@ def validate(cfg: Config) -> Config:
          f"model.max_seq_len={m.max_seq_len} is shorter than data.seq_len={d.seq_len}; "
          "the model could not embed the positions of a training sequence")
 
+    if m.name == "bst":   # Block-State Transformer: its own options, checked by the model itself
+        try:
+            from models.bst import check_bst_config
+            check_bst_config(m.bst)
+        except ValueError as e:
+            errors.append(str(e))
+        need(m.bst.block_len < 1 or d.seq_len % m.bst.block_len == 0,
+             f"data.seq_len={d.seq_len} must be divisible by model.bst.block_len={m.bst.block_len} "
+             "(training rows are split into whole blocks)")
+        need(cfg.mesh.seq <= 1,
+             f"model.name=bst does not support mesh.seq={cfg.mesh.seq}: its SSM convolution needs the "
+             "whole sequence on one device; use mesh.seq=1 (mesh.data for data parallelism)")
+
+    if m.name == "zamba":  # Mamba hybrid: model.ssm and model.zamba are checked by models/zamba.py
+        from models.zamba import zamba_config_errors
+        errors.extend(zamba_config_errors(m))
+        need(cfg.mesh.seq <= 1,
+             f"model.name=zamba does not support mesh.seq={cfg.mesh.seq}: the Mamba scan is not "
+             "sequence-sharded yet; use mesh.seq=1 (mesh.data for data parallelism)")
+
     # --- data
     errors.append(_one_of("data.source", d.source, DATA_SOURCES))
     need(not (d.source == "text" and not d.path),
          "data.source=text needs data.path (a local .txt/.jsonl/.parquet file or glob)")
     need(not (d.source == "hf" and not d.hf_path),
          "data.source=hf needs data.hf_path (a Hugging Face dataset, e.g. Zyphra/Zyda)")
+    need(not (d.source == "cache" and not d.cache_dir),
+         "data.source=cache needs data.cache_dir (a directory written by `energy-attn data prepare`)")
     need(bool(d.tokenizer), "data.tokenizer is empty (byte, char, or a Hugging Face tokenizer name)")
     positive("data.seq_len", d.seq_len)
     need(0.0 < d.val_fraction < 1.0,
@@ -490,9 +515,13 @@ def validate(cfg: Config) -> Config:
     # --- mesh
     positive("mesh.data", cfg.mesh.data)
     positive("mesh.seq", cfg.mesh.seq)
-    need(cfg.mesh.seq <= 1,
-         f"mesh.seq={cfg.mesh.seq}: sequence sharding arrives with the tree-attention work; "
-         "for now use mesh.seq=1 (and mesh.data for data parallelism)")
+    errors.append(_one_of("mesh.seq_layout", cfg.mesh.seq_layout, ("dual_chunk", "contiguous")))
+    if cfg.mesh.seq > 1 and d.seq_len >= 1:
+        chunks = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" else 1)
+        need(d.seq_len % chunks == 0,
+             f"data.seq_len={d.seq_len} is not divisible by {chunks}, the number of sequence chunks "
+             f"that mesh.seq={cfg.mesh.seq} with mesh.seq_layout={cfg.mesh.seq_layout} needs"
+             + (" (2 per device)" if cfg.mesh.seq_layout == "dual_chunk" else ""))
     if cfg.mesh.data >= 1 and o.grad_accum >= 1 and t.batch_size % o.grad_accum == 0:
         micro = t.batch_size // o.grad_accum
         need(micro % cfg.mesh.data == 0,
