@@ -57,8 +57,7 @@ class OptimConfig:
 class MeshConfig:
     data: int = 1                    # data-parallel devices (the batch is split over them)
     seq: int = 1                     # sequence-sharded devices (attention reduced across them)
-    seq_layout: str = "dual_chunk"   # "dual_chunk" (device i holds chunks i, 2p-1-i: causal
-                                     # work balanced) or "contiguous"
+    seq_layout: str = "dual_chunk"   # "dual_chunk" (device i holds chunks i and 2p-1-i) or "contiguous"
 
 
 @dataclass
