@@ -140,6 +140,11 @@ def test_hf_tokenizer_cache_round_trips_and_uses_uint32_for_big_vocabularies(tmp
     (tmp_path / "tok.json").unlink()                   # training reads the cache's own copy
     again = cache.tokenizer(str(tmp_path / "tok.json"))
     assert again.vocab_size == tok.vocab_size and again.encode(docs[0]) == tok.encode(docs[0])
+    # eval/sample of a run trained on this cache find the tokenizer there too
+    from train.run import _tokenizer
+    run_cfg = load_config(None, ["data.source=cache", f"data.cache_dir={tmp_path / 'cache'}",
+                                 f"data.tokenizer={tmp_path / 'tok.json'}"], check=False)
+    assert _tokenizer(run_cfg, {}).encode(docs[1]) == tok.encode(docs[1])
 
 
 def test_single_file_holds_out_the_tail(tmp_path):

@@ -42,4 +42,8 @@ def _tokenizer(cfg: Config, meta: dict):
         if not saved:
             raise RunNotFound("the checkpoint has no saved character vocabulary")
         return CharTokenizer.from_dict(saved)
+    if cfg.data.source == "cache" and cfg.data.cache_dir:
+        # The cache keeps its own tokenizer copy: eval/sample work offline, like training.
+        from train.token_cache import TokenCache
+        return TokenCache(cfg.data.cache_dir).tokenizer(cfg.data.tokenizer)
     return build_tokenizer(cfg.data.tokenizer)
