@@ -312,7 +312,7 @@ def _fmt(x, spec):
     return "" if x is None else format(x, spec)
 
 
-def _table(header, body, left):
+def text_table(header, body, left=(0,)):
     """Plain-text table; columns in `left` are left-aligned (text), the rest right (numbers)."""
     widths = [max(len(str(r[i])) for r in [header] + body) for i in range(len(header))]
 
@@ -339,12 +339,12 @@ def format_report(res: dict) -> str:
                      _fmt(r.get("median_s") and r["median_s"] * 1e3, ".1f"),
                      _fmt(r.get("gflops"), ".1f"),
                      _fmt(r.get("peak_rss_gib"), ".2f"), note])
-    out += _table(["", "measurement", "min ms", "median ms", "GFLOP/s", "peak RSS GiB", "note"], body,
+    out += text_table(["", "measurement", "min ms", "median ms", "GFLOP/s", "peak RSS GiB", "note"], body,
                   left={0, 1, 6})
     out += ["", "ratios (of min times) and targets, reported not asserted:"]
     body = [[r["name"], _fmt(r["value"], ".2f") or "-", f"{r['op']} {r['target']:g}", r["status"]]
             for r in res["ratios"]]
     if body:
-        out += ["  " + ln for ln in _table(["ratio", "value", "target", "status"], body,
+        out += ["  " + ln for ln in text_table(["ratio", "value", "target", "status"], body,
                                          left={0, 2, 3})]
     return "\n".join(out)

@@ -257,14 +257,8 @@ def decode(*, tokens: int = 262144, heads: int = 16, head_dim: int = 128, batch:
 # ------------------------------------------------------------------ report
 
 
-def _table(header, body):
-    widths = [max(len(str(r[i])) for r in [header] + body) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in body]
-
-
 def format_report(res: dict) -> str:
+    from .bench import text_table     # the same plain-text tables as `bench attention`
     c, env = res["config"], res["environment"]
     out = [f"energy-attn bench decode  (jax {env['jax']}, {env['backend']}, {env['cpu_count']} CPU cores; "
            f"{c['devices']} simulated devices share them and one memory)",
@@ -279,7 +273,7 @@ def format_report(res: dict) -> str:
                      str(m["comm_count"]), f"{m['comm_wire_bytes'] / 1e3:,.1f}",
                      f"{mem['peak_bytes'] / 2 ** 20:,.0f}", f"{mem['temp_bytes'] / 2 ** 20:,.0f}",
                      "" if diff is None else f"{diff:.1e}"])
-    out += _table(["method", "median ms", "min ms", "collectives", "sent kB/device",
+    out += text_table(["method", "median ms", "min ms", "collectives", "sent kB/device",
                    "peak MiB/device", "temp MiB", "max|Δ| vs tree"], body)
     p = res.get("paper")
     if p:
@@ -295,11 +289,11 @@ def format_report(res: dict) -> str:
             if name in m:
                 rows.append([f"{name} peak memory", f"{p[key] / 2 ** 20:,.0f} MiB",
                              f"{m[name]['memory']['peak_bytes'] / 2 ** 20:,.0f} MiB"])
-        out += ["  " + ln for ln in _table(["quantity", "paper formula", "measured"], rows)]
+        out += ["  " + ln for ln in text_table(["quantity", "paper formula", "measured"], rows)]
     out += ["", "targets (reported, not asserted):"]
     body = [[t["name"], "-" if t["value"] is None else f"{t['value']:,.2f}", f"{t['op']} {t['target']:g}",
              t["status"]] for t in res["targets"]]
-    out += ["  " + ln for ln in _table(["target", "value", "goal", "status"], body)]
+    out += ["  " + ln for ln in text_table(["target", "value", "goal", "status"], body)]
     out += ["", "peak memory = XLA's buffer assignment for one device's program (compiled.memory_analysis():",
             "arguments + outputs + temporaries − aliases); computed, not measured RSS. Communication =",
             "bytes one device sends in the compiled program's collectives (energy_attn.tree.hlo). On",
