@@ -1,37 +1,52 @@
 """`energy-attn bench models`: train-step time and compiled memory of each zoo model
-as the sequence grows, and how both grow from T = 4k to T = 16k.
+as the sequence grows, how both grow from T = 4k to T = 16k, and how the hybrid and
+the BST compare with the transformer at 16k.
 
     from models.bench_models import bench_models, format_report
     res = bench_models(models=["transformer", "bst"], lengths=[1024, 4096])
     print(format_report(res))
 
-One train step = forward + backward + AdamW update, jitted once per (model, T).
-Time: median of `repeats` steps after the compile step. Memory: XLA's own account
-of the compiled step, `memory_analysis()` temp + argument bytes (activations and
-workspace, plus parameters, optimizer state and the batch); it is what the step
-needs, independent of the process's allocator history, so it is comparable
-across models in one run. Targets (growth 4k -> 16k, step time): BST <= 5x
-(linear plus T log T); the transformer is reported (about 16x for quadratic
-attention; a blockwise/flash kernel and the T-linear rest make it less on CPU);
-the hybrid's growth must be well below the transformer's (we require < 0.5x of it).
+Models (`zoo_config`), at about equal parameter count (the report prints each count
+and its ratio to the transformer's): with width d and L = `num_layers`,
+    transformer  L layers of width d;
+    bst          max(1, L-1) BST layers of width d (each layer also holds a
+                 cross-attention, so one fewer), variant and W from the options;
+    zamba        L+1 Mamba-2 layers of width 3d/4 and ONE application of the shared
+                 attention block (shared_every = L+1), as in Zamba's one block per
+                 several Mamba layers; Mamba-2 (SSD) because Mamba-1's elementwise scan
+                 is 4x slower on CPU (`python -c "from models.mamba import benchmark_layers;
+                 benchmark_layers()"`).
+
+Time: one train step = forward + backward + AdamW, jitted once per (model, T). The
+lengths of one model are timed in interleaved rounds (T1, T2, ..., T1, T2, ...), so a
+load change on the machine hits every length alike; a length's time is its fastest
+round, the least disturbed one. Memory: XLA's own account of the compiled step,
+`memory_analysis()` temp + argument bytes (activations and workspace, plus
+parameters, optimizer state and the batch), independent of allocator history.
+
+Targets (the issue's), each printed with PASS/MISS:
+    BST's step time grows <= 5x from 4k to 16k (linear plus the block attention);
+    the hybrid's growth is well below the transformer's: we require < 0.5x of it;
+    at 16k the hybrid and the BST are both faster than the transformer and need
+    less memory.
 """
 from __future__ import annotations
 
-import statistics
+import math
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-from .config import BSTConfig, ModelConfig
+from .config import BSTConfig, ModelConfig, SSMConfig, ZambaConfig
 from .registry import MODELS, build_model
 
 ZOO = ("transformer", "zamba", "bst")
 LENGTHS = (1024, 2048, 4096, 8192, 16384)
+GROWTH_FROM, GROWTH_TO = 4096, 16384
 BST_MAX_GROWTH = 5.0
 HYBRID_VS_TRANSFORMER = 0.5
 
@@ -41,8 +56,37 @@ def _loss(model, tokens):
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
-def measure(cfg: ModelConfig, *, batch: int, repeats: int) -> dict:
-    """Step time (s, median) and compiled memory (bytes) of one train step at cfg.max_seq_len."""
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    return max(k for k in range(1, min(n, cap) + 1) if n % k == 0)
+
+
+def zoo_config(name: str, seq_len: int, *, d_model: int = 128, num_layers: int = 3, num_heads: int = 4,
+               block_len: int = 64, variant: str = "mh") -> ModelConfig:
+    """The benchmark's shape of each zoo model (see the module docstring)."""
+    common = dict(name=name, vocab_size=256, max_seq_len=seq_len, num_heads=num_heads)
+    if name == "bst":
+        return ModelConfig(d_model=d_model, num_layers=max(1, num_layers - 1), **common,
+                           bst=BSTConfig(variant=variant, block_len=block_len))
+    if name == "zamba":
+        width = max(8, d_model * 3 // 4 // 8 * 8)
+        inner = 2 * width
+        if inner % num_heads:
+            raise ValueError(f"--heads={num_heads} must divide the hybrid's shared-block width {inner} "
+                             f"(2 x 3/4 of --d-model={d_model})")
+        return ModelConfig(d_model=width, num_layers=num_layers + 1, mlp_ratio=2.5, **common,
+                           ssm=SSMConfig(kind="mamba2", head_dim=_largest_divisor_at_most(inner, 32)),
+                           zamba=ZambaConfig(shared_every=num_layers + 1))
+    return ModelConfig(d_model=d_model, num_layers=num_layers, **common)
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    model = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def compile_step(cfg: ModelConfig, *, batch: int):
+    """A jitted train step at cfg.max_seq_len and its compiled memory: (run, bytes).
+    run() takes one step and returns its wall time in seconds."""
     model = build_model(cfg, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
@@ -57,49 +101,58 @@ def measure(cfg: ModelConfig, *, batch: int, repeats: int) -> dict:
     compiled = jax.jit(step, donate_argnums=0).lower(state, tokens).compile()
     mem = compiled.memory_analysis()
     memory = None if mem is None else int(mem.temp_size_in_bytes + mem.argument_size_in_bytes)
-    loss, state = compiled(state, tokens)          # warm-up
-    loss.block_until_ready()
-    times = []
-    for _ in range(repeats):
+    box = {"state": state}
+
+    def run() -> float:
         t0 = time.perf_counter()
-        loss, state = compiled(state, tokens)
+        loss, box["state"] = compiled(box["state"], tokens)
         loss.block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return {"step_s": statistics.median(times), "memory_bytes": memory, "loss": float(loss)}
+        box["loss"] = float(loss)
+        return time.perf_counter() - t0
+
+    run()                                          # warm-up
+    return run, memory, box
 
 
-def model_config(name: str, seq_len: int, *, d_model: int, num_layers: int, num_heads: int,
-                 block_len: int, variant: str) -> ModelConfig:
-    return ModelConfig(name=name, vocab_size=256, max_seq_len=seq_len, d_model=d_model,
-                       num_layers=num_layers, num_heads=num_heads,
-                       bst=BSTConfig(variant=variant, block_len=block_len))
-
-
-def bench_models(*, models=ZOO, lengths=LENGTHS, d_model: int = 128, num_layers: int = 2,
+def bench_models(*, models=ZOO, lengths=LENGTHS, d_model: int = 128, num_layers: int = 3,
                  num_heads: int = 4, batch: int = 1, block_len: int = 64, variant: str = "mh",
                  repeats: int = 3, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     for t in lengths:
         if t % block_len:
             raise ValueError(f"--lengths: {t} is not a multiple of --block-len={block_len} (the BST's block)")
-    res = {"settings": dict(d_model=d_model, num_layers=num_layers, num_heads=num_heads, batch=batch,
-                            block_len=block_len, variant=variant, repeats=repeats,
+    shape = dict(d_model=d_model, num_layers=num_layers, num_heads=num_heads, block_len=block_len,
+                 variant=variant)
+    res = {"settings": dict(**shape, batch=batch, repeats=repeats,
+                            timing="fastest of the rounds, each round one step at every length",
                             memory="XLA memory_analysis(): temp + argument bytes of the compiled step",
                             device=str(jax.devices()[0].platform)),
-           "models": {}, "missing": []}
+           "models": {}, "params": {}, "missing": []}
     for name in models:
         if name not in MODELS:
             log(f"[bench models] {name}: not registered here, skipped")
             res["missing"].append(name)
             continue
-        rows = res["models"][name] = {}
-        for t in lengths:
-            cfg = model_config(name, t, d_model=d_model, num_layers=num_layers, num_heads=num_heads,
-                               block_len=block_len, variant=variant)
+        configs = {t: zoo_config(name, t, **shape) for t in lengths}
+        res["params"][name] = parameter_count(configs[lengths[0]])
+        runs, rows = {}, {}
+        res["models"][name] = rows
+        for t, cfg in configs.items():
             t0 = time.perf_counter()
-            rows[t] = measure(cfg, batch=batch, repeats=repeats)
-            log(f"[bench models] {name:12s} T={t:6d}: step {rows[t]['step_s'] * 1e3:9.1f} ms, "
-                f"memory {_mib(rows[t]['memory_bytes'])} ({time.perf_counter() - t0:.0f} s with compile)")
-    res["growth"] = growth(res["models"], 4096, 16384)
+            runs[t] = compile_step(cfg, batch=batch)
+            log(f"[bench models] {name:12s} T={t:6d}: compiled, memory {_mib(runs[t][1])} "
+                f"({time.perf_counter() - t0:.0f} s with a warm-up step)")
+        times = {t: [] for t in lengths}
+        for r in range(repeats):
+            for t in lengths:
+                times[t].append(runs[t][0]())
+            log(f"[bench models] {name:12s} round {r + 1}/{repeats}: "
+                + ", ".join(f"T={t} {times[t][-1] * 1e3:.0f} ms" for t in lengths))
+        for t in lengths:
+            rows[t] = {"step_s": min(times[t]), "step_s_all": times[t], "memory_bytes": runs[t][1],
+                       "loss": runs[t][2]["loss"]}
+        del runs
+    res["growth"] = growth(res["models"], GROWTH_FROM, GROWTH_TO)
+    res["at_longest"] = versus_transformer(res["models"], GROWTH_TO)
     return res
 
 
@@ -123,15 +176,37 @@ def growth(results: dict, lo: int, hi: int) -> dict:
     return out
 
 
+def versus_transformer(results: dict, length: int) -> dict:
+    """At `length`: each model's step time and memory over the transformer's (< 1 passes)."""
+    base = results.get("transformer", {}).get(length)
+    out = {"length": length}
+    if base is None:
+        return out
+    for name, rows in results.items():
+        if name == "transformer" or length not in rows:
+            continue
+        r = rows[length]
+        mem = (r["memory_bytes"] / base["memory_bytes"]
+               if r["memory_bytes"] and base["memory_bytes"] else None)
+        out[name] = {"time": r["step_s"] / base["step_s"], "memory": mem}
+        out[name]["pass"] = out[name]["time"] < 1 and mem is not None and mem < 1
+    return out
+
+
 def _mib(n):
     return "   n/a" if n is None else f"{n / 2**20:7.1f} MiB"
 
 
 def format_report(res: dict) -> str:
     s = res["settings"]
-    lines = [f"train step (fwd+bwd+AdamW), d_model={s['d_model']}, layers={s['num_layers']}, "
-             f"heads={s['num_heads']}, batch={s['batch']}, bst {s['variant']} W={s['block_len']}, "
-             f"median of {s['repeats']}; memory = {s['memory']}", ""]
+    lines = [f"train step (fwd+bwd+AdamW), width {s['d_model']}, {s['num_layers']} transformer layers, "
+             f"heads={s['num_heads']}, batch={s['batch']}, bst {s['variant']} W={s['block_len']}; "
+             f"{s['repeats']} rounds; time = {s['timing']}; memory = {s['memory']}", ""]
+    base = res["params"].get("transformer")
+    for name, count in res["params"].items():
+        rel = f" ({count / base:.2f} x transformer)" if base and name != "transformer" else ""
+        lines.append(f"{name:12s} {count:,} parameters{rel}")
+    lines.append("")
     lengths = sorted({t for rows in res["models"].values() for t in rows})
     lines.append(f"{'model':12s} " + " ".join(f"{'T=' + str(t):>20s}" for t in lengths))
     for name, rows in res["models"].items():
@@ -153,4 +228,14 @@ def format_report(res: dict) -> str:
                          f"target: {r['target']}  {verdict}")
     if not found:
         lines.append(f"  (needs both T={g['from']} and T={g['to']} in --lengths)")
+    v = res["at_longest"]
+    lines += ["", f"at T={v['length']}, over the transformer (target: both < 1):"]
+    others = [name for name in res["models"] if name in v]
+    for name in others:
+        r = v[name]
+        mem = "n/a" if r["memory"] is None else f"{r['memory']:.2f}"
+        lines.append(f"  {name:12s} time {r['time']:5.2f}  memory {mem:>5s}   "
+                     f"{'PASS' if r['pass'] else 'MISS'}")
+    if not others:
+        lines.append(f"  (needs the transformer and another model at T={v['length']})")
     return "\n".join(lines)

@@ -29,3 +29,19 @@ def test_energy_zoo_quick(tmp_path):
     for name in ("report.html", "curves.png", "results.csv"):
         assert (out / "builtin" / name).is_file(), name
     assert "| softmax |" in (out / "results.md").read_text()
+
+
+def test_model_zoo_quick(tmp_path):
+    """papers/model_zoo --quick: all three zoo models train in their own processes and
+    land in the table; a model that fails to train would show up as skipped."""
+    out = tmp_path / "model_zoo"
+    subprocess.run([sys.executable, str(REPO / "papers" / "model_zoo" / "run.py"), "--quick", "--steps", "2",
+                    "--out", str(out)], check=True, cwd=REPO, capture_output=True, timeout=600)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]) == {"transformer", "zamba", "bst"}
+    for name, r in res["models"].items():
+        assert "skipped" not in r, f"{name}: {r.get('skipped')}"
+        assert 0 < r["val_loss"] < 10 and r["params"] > 0 and r["peak_rss_bytes"] > 0
+    readme = (out / "README.md").read_text()
+    assert all(f"| {name} |" in readme for name in res["models"])
+    assert (out / "loss_curves.png").is_file()

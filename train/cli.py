@@ -246,22 +246,27 @@ def _add_bench_models(sub):
     p = _parser(
         sub, "models", help="train-step time and memory of each zoo model as T grows (1k..16k)",
         description=(
-            "Train-step time (fwd+bwd+AdamW, median after compile) and compiled memory (XLA\n"
-            "memory_analysis: temp + argument bytes) of each zoo model at each length, then the\n"
-            "growth from T=4096 to T=16384 with PASS/MISS: BST <= 5x; the hybrid (zamba) well below\n"
-            "the transformer's; the transformer's is reported. Models not registered are skipped."),
+            "Train-step time (fwd+bwd+AdamW; fastest of --repeats rounds that interleave the\n"
+            "lengths) and compiled memory (XLA memory_analysis: temp + argument bytes) of each zoo\n"
+            "model at about equal parameter count (transformer: --layers layers; bst: one fewer;\n"
+            "zamba: one more Mamba-2 layer at 3/4 width and one shared-block application), then,\n"
+            "with PASS/MISS: growth from T=4096 to T=16384 (BST <= 5x; the hybrid < 0.5x the\n"
+            "transformer's) and, at T=16384, time and memory over the transformer's (< 1).\n"
+            "Models not registered are skipped."),
         example="energy-attn bench models --lengths 1024,4096,16384 --models transformer,bst")
     p.add_argument("--models", type=name_list, default=None, metavar="A,B,...",
                    help="models to measure (default: transformer,zamba,bst)")
     p.add_argument("--lengths", type=int_list, default=None, metavar="T1,T2,...",
                    help="sequence lengths, multiples of --block-len (default 1024,2048,4096,8192,16384)")
     p.add_argument("--d-model", type=positive_int, default=128, help="width (default 128)")
-    p.add_argument("--layers", type=positive_int, default=2, help="layers (default 2)")
+    p.add_argument("--layers", type=positive_int, default=3,
+                   help="transformer layers; the other models are sized from it (default 3)")
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--block-len", type=positive_int, default=64, help="BST block length W (default 64)")
     p.add_argument("--variant", default="mh", choices=("sh", "mh", "mf"), help="BST variant (default mh)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed steps after compile (default 3)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed rounds over the lengths after compile (default 3)")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.set_defaults(handler=_bench_models, prog=p.prog)
 

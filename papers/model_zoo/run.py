@@ -45,8 +45,9 @@ def overrides(args, name: str, runs: Path) -> list[str]:
               f"train.sample_tokens={args.sample_tokens}", f"train.run_dir={runs / name}",
               "logging.wandb=disabled", "logging.progress_bar=false", f"logging.log_every={args.log_every}"]
     # --quick: one layer and short rows, to exercise the whole pipeline in little time.
-    return common + (["model.num_layers=1", "model.bst.block_len=32"] if args.quick and name == "bst"
-                     else ["model.num_layers=1"] if args.quick else [])
+    # The hybrid keeps 2 Mamba layers, so its shared block (every 2nd layer) still runs.
+    quick = {"bst": ["model.num_layers=1", "model.bst.block_len=32"], "zamba": ["model.num_layers=2"]}
+    return common + (quick.get(name, ["model.num_layers=1"]) if args.quick else [])
 
 
 def child(config: str, extra: list[str], out_json: str) -> None:
@@ -77,7 +78,7 @@ def run_model(args, name: str, runs: Path) -> dict:
     if proc.returncode:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         log(f"{name}: FAILED ({tail[0]}); log in {runs / name}.log")
-        return {"skipped": f"training failed: {tail[0]}"}
+        return {"skipped": f"training failed: {tail[0]}", "failed": True}
     res = json.loads(out_json.read_text())
     rows = [json.loads(l) for l in (runs / name / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r.get("split", "train") == "train"]
@@ -175,10 +176,15 @@ def main(argv=None):
     write_readme(out, md, command, wall, settings)
     print(md)
     log(f"wrote {out / 'results.json'}, {out / 'README.md'}, {out / 'loss_curves.png'}")
+    failed = [name for name, r in results.items() if r.get("failed")]
+    if failed:
+        log(f"FAILED to train: {', '.join(failed)} (see their logs in {runs})")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[4:], sys.argv[3])
     else:
-        main()
+        sys.exit(main())
