@@ -25,6 +25,9 @@ class SSMConfig:
     conv_width: int = 4                     # depthwise causal conv kernel
     chunk_size: int = 64                    # scan chunk length (memory vs parallelism)
     head_dim: int = 32                      # mamba2 only: P, channels per SSD head (must divide D_inner)
+    remat: bool = True                      # recompute the mixer's activations in the backward pass (as
+                                            # Mamba's own kernels do): a layer keeps its input, not ~20
+                                            # D_inner-wide tensors; costs about one more forward
 
 
 @dataclass

@@ -40,6 +40,7 @@ from flax import nnx
 
 from .config import ModelConfig
 from .layers import RMSNorm, compute_dtype
+from .remat import recompute_in_backward
 
 Array = Any
 SSM_KINDS = ("mamba1", "mamba2")
@@ -319,7 +320,9 @@ def mamba_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs) -> Mamba1 | Mamba2:
 
 
 class MambaBlock(nnx.Module):
-    """Pre-norm residual Mamba layer: x + drop(mixer(norm(x + extra))).
+    """Pre-norm residual Mamba layer: x + drop(mixer(norm(x + extra))). With
+    cfg.ssm.remat (the default) training recomputes the mixer in the backward pass
+    (models/remat.py), so a layer stores its input rather than its activations.
     `extra` is what the Zamba hybrid adds to this layer's input (the projected
     shared-block output); the residual stream itself does not receive it."""
 
@@ -327,6 +330,7 @@ class MambaBlock(nnx.Module):
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = mamba_from_config(cfg, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.remat = cfg.ssm.remat
 
     def init_cache(self, batch: int) -> MambaCache:
         return self.mixer.init_cache(batch)
@@ -334,7 +338,13 @@ class MambaBlock(nnx.Module):
     def __call__(self, x, *, extra=None, segment_ids=None, cache: MambaCache | None = None,
                  deterministic: bool = True):
         h = self.norm(x if extra is None else x + extra)
-        h = self.mixer(h, segment_ids=segment_ids, cache=cache)
+        if self.remat and cache is None:
+            # Training: keep only the mixer's input and weights; the backward re-runs it.
+            graphdef, params = nnx.split(self.mixer)
+            h = recompute_in_backward(lambda p, h, ids: nnx.merge(graphdef, p)(h, segment_ids=ids))(
+                params, h, segment_ids)
+        else:
+            h = self.mixer(h, segment_ids=segment_ids, cache=cache)
         if cache is not None:
             h, cache = h
         x = x + self.dropout(h, deterministic=deterministic)
