@@ -1,5 +1,5 @@
 """Block-State Transformer (Fathi et al. 2023, arXiv 2306.09539): an SSM sublayer
-gives context states for the whole sequence at once (FFT convolution); a block
+gives context states for the whole sequence at once (a long convolution); a block
 transformer sublayer splits the sequence into blocks of W tokens that attend
 causally within the block and cross-attend to the context states. All blocks
 run in parallel: there is no recurrence between blocks.
@@ -19,10 +19,17 @@ BST layer (pre-norm residuals; x is (B, T, d), blocks are x reshaped to (B·T/W,
 
 SSM: S4D (Gu et al. 2022) per channel, diagonal complex A = -exp(a_re) + i·a_im with
 S4D-Lin init (-1/2 + iπn), B = 1, learned C, step Δ log-uniform in [dt_min, dt_max],
-zero-order hold. Its kernel K[l] = 2·Re Σ_n C̄_n Ā_n^l is a Vandermonde product,
-evaluated as an outer product over l = q·R + r (memory O(√T) per mode, not O(T)),
-and applied by a causal FFT convolution in float32, padded to 2T; plus a skip D·u
-and a GELU. `ssm_conv_reference` is the direct O(T²) convolution it is tested against.
+zero-order hold, plus a skip D·u and a GELU. Its kernel K[l] = 2·Re Σ_n C̄_n Ā_n^l is
+a Vandermonde product. Two ways to apply it (`bst.conv`), the same function:
+    chunked (default)  the recurrence, one block at a time: a Toeplitz matmul with the
+                       kernel's first W taps inside the block, the N/2 complex modes
+                       carried across blocks. The layer reads the SSM only at the end
+                       of each block (mh: 1 position, mf: S/F, sh: all W), so only those
+                       outputs are formed: O(T·(N + read)) per channel, linear in T.
+    fft                the paper's way: the whole kernel (Vandermonde as an outer product
+                       over l = q·R + r, memory O(√T) per mode), a causal FFT convolution
+                       in float32 padded to 2T, O(T log T), every output formed.
+`ssm_conv_reference` is the direct O(T²) convolution both are tested against.
 
 Context states per variant (the paper's §3.2; S = bst.num_context_states). In every
 variant block k's states are computed from SSM outputs at positions < kW (the
@@ -41,7 +48,8 @@ added, since cross-attention has no notion of order.
 Layers: the paper interleaves BST layers with ordinary layers; here every
 `bst.bst_every`-th layer (1 = all, the default) is a BST layer and the others are
 block transformer layers without the SSM (in-block causal attention + MLP), so the
-cost stays O(T·W) in attention and O(T log T) in the SSM: no layer is O(T²).
+cost stays O(T·W) in attention and linear (chunked) or O(T log T) (fft) in the SSM:
+no layer is O(T²).
 
 Packed documents: segment_ids restrict the in-block self-attention to the document;
 the SSM (an LTI convolution) and the context states run across document
@@ -76,6 +84,8 @@ from .registry import register_model
 
 Array = Any
 VARIANTS = ("sh", "mh", "mf")
+CONVS = ("chunked", "fft")
+FULL_CHUNK = 64          # chunk length when the SSM output is wanted at every position
 
 
 def check_bst_config(b: BSTConfig) -> None:
@@ -83,6 +93,9 @@ def check_bst_config(b: BSTConfig) -> None:
     if b.variant not in VARIANTS:
         raise ValueError(f"model.bst.variant={b.variant!r} is not one of {', '.join(map(repr, VARIANTS))} "
                          "(single-head, multi-head, multi-filter)")
+    if b.conv not in CONVS:
+        raise ValueError(f"model.bst.conv={b.conv!r} is not one of {', '.join(map(repr, CONVS))} "
+                         "(the SSM convolution: chunked recurrence or FFT)")
     for key in ("block_len", "num_context_states", "num_filters", "bst_every", "state_dim"):
         if getattr(b, key) < 1:
             raise ValueError(f"model.bst.{key} must be >= 1, got {getattr(b, key)}")
@@ -133,13 +146,70 @@ def ssm_conv_reference(u, kernel):
     return jnp.einsum("fcts,bsc->btfc", toeplitz, u.astype(jnp.float32))
 
 
+def lower_toeplitz(taps):
+    """(..., L) -> (..., L, L) with M[i, j] = taps[i - j] for i >= j, else 0. Built by
+    tiling [taps, 0...] and re-reading it with row stride 2L - 1 (each row shifts by
+    one), so its gradient is a sum of slices rather than a scatter (slow on CPU)."""
+    length = taps.shape[-1]
+    padded = jnp.concatenate([taps, jnp.zeros_like(taps)], axis=-1)            # (..., 2L)
+    tiled = jnp.tile(padded, (1,) * (taps.ndim - 1) + (length,))[..., :length * (2 * length - 1)]
+    rows = tiled.reshape(*taps.shape[:-1], length, 2 * length - 1)[..., :length]   # rows[j, i] = taps[i-j]
+    return jnp.swapaxes(rows, -1, -2)
+
+
+def chunked_ssm_outputs(u, log_decay, weight, *, chunk: int, last: int):
+    """The S4D convolution y[t] = Σ_{s<=t} K[t-s] u[s], K[l] = 2·Re Σ_n w_n λ_n^l
+    (λ = e^{log_decay}), at the `last` final positions of every chunk of `chunk`
+    positions only: (B, T/chunk, last, F, C) float32. T must be a multiple of chunk.
+
+    It runs the recurrence x_t = λ x_{t-1} + u_t, y_t = 2·Re Σ_n w_n x_t chunk by chunk:
+      state:   each chunk's end state from its own inputs, Σ_j λ^{L-1-j} u_j (one
+               matmul), carried across chunks by h_k = λ^L h_{k-1} + s_k (a scan over
+               T/L steps of (B, F, C, N/2));
+      output:  at position i of chunk k, 2·Re Σ_n w_n λ^{i+1} h_{k-1} from the carried
+               state, plus Σ_{j<=i} K[i-j] u_j inside the chunk (rows of a Toeplitz
+               matmul with the kernel's first L taps).
+    Work per channel and filter is O(T·(N + last)) and linear in T. The BST reads the
+    SSM only at the end of each block (mh: last = 1, mf: last = S/F; sh reads every
+    position, last = L), so with chunk = the block it never forms the full output."""
+    batch, length, channels = u.shape
+    if length % chunk or not 1 <= last <= chunk:
+        raise ValueError(f"length {length} must be a multiple of chunk {chunk}, and 1 <= last={last} <= chunk")
+    num_chunks, modes = length // chunk, log_decay.shape[-1]
+    u = u.astype(jnp.float32).reshape(batch, num_chunks, chunk, channels)
+    power = jnp.exp(log_decay[..., None] * jnp.arange(chunk))                  # λ^l: (F, C, N/2, L)
+
+    # End states as real pairs: one matmul against [Re λ^{L-1-j}, Im λ^{L-1-j}].
+    to_end = power[..., ::-1]
+    ends = jnp.einsum("fcnj,bkjc->kbfcn", jnp.concatenate([to_end.real, to_end.imag], 2), u)
+    ends = ends[..., :modes] + 1j * ends[..., modes:]                           # (K, B, F, C, N/2)
+    chunk_decay = jnp.exp(log_decay * chunk)
+
+    def carry(h, end):                     # h: the state entering this chunk
+        return chunk_decay * h + end, h
+    _, entering = jax.lax.scan(carry, jnp.zeros_like(ends[0]), ends)           # (K, B, F, C, N/2)
+
+    # Read out at the last `last` positions i = L-last .. L-1.
+    at = power[..., chunk - last:] * jnp.exp(log_decay)[..., None]             # λ^{i+1}
+    readout = weight[..., None] * at                                            # (F, C, N/2, last)
+    y = 2.0 * jnp.einsum("fcni,kbfcn->bkifc", jnp.concatenate([readout.real, -readout.imag], 2),
+                         jnp.concatenate([entering.real, entering.imag], -1))
+    taps = 2.0 * jnp.einsum("fcn,fcnl->fcl", weight, power).real                # K[0 .. L-1]
+    rows = lower_toeplitz(taps)[..., chunk - last:, :]                          # (F, C, last, L)
+    return y + jnp.einsum("fcij,bkjc->bkifc", rows, u)
+
+
 class DiagonalSSM(nnx.Module):
-    """S4D with `filters` independent kernels per channel: (B, T, C) -> (B, T, F, C) fp32."""
+    """S4D with `filters` independent kernels per channel: (B, T, C) -> (B, T, F, C) fp32.
+    conv="chunked" (default) runs the recurrence chunk by chunk, linear in T;
+    conv="fft" builds the whole kernel and convolves by FFT, as in the paper. Both
+    compute the same function (tests/test_bst.py checks them against each other)."""
 
     def __init__(self, channels: int, *, state_dim: int, filters: int, dt_min: float,
-                 dt_max: float, rngs: nnx.Rngs):
+                 dt_max: float, conv: str = "chunked", rngs: nnx.Rngs):
         modes = state_dim // 2
         shape = (filters, channels, modes)
+        self.conv = conv
         u = jax.random.uniform(rngs.params(), (filters, channels, 1))
         self.log_dt = nnx.Param(math.log(dt_min) + u * (math.log(dt_max) - math.log(dt_min)))
         self.log_neg_re_a = nnx.Param(jnp.full(shape, math.log(0.5), jnp.float32))   # S4D-Lin: -1/2
@@ -148,11 +218,16 @@ class DiagonalSSM(nnx.Module):
         self.c = nnx.Param(jax.random.normal(rngs.params(), (*shape, 2)) * math.sqrt(0.5))
         self.skip = nnx.Param(jax.random.normal(rngs.params(), (filters, channels)))
 
-    def kernel(self, length: int):
-        """(F, C, length) float32: K[l] = 2·Re Σ_n C_n (e^{ΔA_n} - 1)/A_n · e^{ΔA_n l}."""
+    def modes(self):
+        """(ΔA, w), each (F, C, N/2) complex: the discrete modes λ = e^{ΔA} and the
+        output weights w = C·(e^{ΔA} - 1)/A of the zero-order hold with B = 1."""
         a = -jnp.exp(self.log_neg_re_a[...]) + 1j * self.im_a[...]
-        dta = jnp.exp(self.log_dt[...]) * a                                 # (F, C, N/2)
-        c = (self.c[..., 0] + 1j * self.c[..., 1]) * (jnp.exp(dta) - 1.0) / a   # ZOH with B = 1
+        dta = jnp.exp(self.log_dt[...]) * a
+        return dta, (self.c[..., 0] + 1j * self.c[..., 1]) * (jnp.exp(dta) - 1.0) / a
+
+    def kernel(self, length: int):
+        """(F, C, length) float32: K[l] = 2·Re Σ_n w_n e^{ΔA_n l}."""
+        dta, c = self.modes()
         # Vandermonde e^{ΔA l} with l = q·R + r as an outer product over (q, r): the
         # (F, C, N/2, T) power table is never materialised.
         r_len = max(1, math.ceil(math.sqrt(length)))
@@ -163,8 +238,39 @@ class DiagonalSSM(nnx.Module):
         return k.reshape(*k.shape[:2], q_len * r_len)[..., :length].astype(jnp.float32)
 
     def __call__(self, u):
-        y = fft_causal_conv(u, self.kernel(u.shape[1]))
+        """(B, T, C) -> (B, T, F, C): the output at every position."""
+        length = u.shape[1]
+        if self.conv == "fft":
+            y = fft_causal_conv(u, self.kernel(length))
+        else:
+            pad = -length % FULL_CHUNK
+            y = chunked_ssm_outputs(jnp.pad(u, ((0, 0), (0, pad), (0, 0))), *self.modes(),
+                                    chunk=FULL_CHUNK, last=FULL_CHUNK)
+            y = y.reshape(y.shape[0], -1, *y.shape[3:])[:, :length]
         return y + u.astype(jnp.float32)[:, :, None, :] * self.skip[...]
+
+    def block_ends(self, u, *, block_len: int, last: int):
+        """(B, T, C) -> (B, T/W, last, F, C): the outputs at the last `last` positions of
+        each block of W = block_len (T a multiple of W); all the BST layer reads."""
+        batch, length, channels = u.shape
+        if self.conv == "fft":
+            y = self(u).reshape(batch, length // block_len, block_len, *self.skip.shape)
+            return y[:, :, block_len - last:]
+        y = chunked_ssm_outputs(u, *self.modes(), chunk=block_len, last=last)
+        u_last = u.reshape(batch, length // block_len, block_len, channels)[:, :, block_len - last:]
+        return y + u_last.astype(jnp.float32)[:, :, :, None, :] * self.skip[...]
+
+    def init_state(self, batch: int):
+        """The recurrent state for decoding: (B, F, C, N/2) complex64 zeros."""
+        return jnp.zeros((batch, *self.log_neg_re_a.shape), jnp.complex64)
+
+    def step(self, u, state):
+        """One position: u (B, C), state (B, F, C, N/2) -> y (B, F, C) fp32, new state."""
+        dta, c = self.modes()
+        u = u.astype(jnp.float32)
+        state = jnp.exp(dta) * state + u[:, None, :, None]
+        y = 2.0 * jnp.einsum("fcn,bfcn->bfc", c, state).real
+        return y + u[:, None, :] * self.skip[...], state
 
 
 # --------------------------------------------------------------------------- layer
@@ -184,7 +290,7 @@ class BSTLayer(nnx.Module):
             init = nnx.initializers.normal(0.02)
             self.ssm_norm = RMSNorm(d, eps=cfg.norm_eps)
             self.ssm = DiagonalSSM(d, state_dim=b.state_dim, filters=self.num_filters,
-                                   dt_min=b.dt_min, dt_max=b.dt_max, rngs=rngs)
+                                   dt_min=b.dt_min, dt_max=b.dt_max, conv=b.conv, rngs=rngs)
             self.context_init = nnx.Param(init(rngs.params(), (self.num_states, d)))   # block 0's states
             self.context_ids = nnx.Param(init(rngs.params(), (self.num_states, d)))
             self.context_norm = RMSNorm(d, eps=cfg.norm_eps)
@@ -194,21 +300,23 @@ class BSTLayer(nnx.Module):
         self.mlp = MLP(d, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=compute_dtype(cfg), rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
+    def ends_read(self) -> int:
+        """How many final positions of each block the context states read:
+        sh all W, mh the last one, mf the last S/F (of each filter)."""
+        return {"sh": self.block_len, "mh": 1, "mf": self.num_states // self.num_filters}[self.variant]
+
+    def states_from_ends(self, ends):
+        """(B, nb, ends_read, F, d) SSM outputs -> (B, nb, S, d) states of those blocks."""
+        batch, nb = ends.shape[:2]
+        return ends.reshape(batch, nb, self.num_states, ends.shape[-1])   # (read, F) -> S in order
+
     def context_states(self, x):
         """(B, T, d) -> (B, T/W, S, d): the states block k cross-attends to."""
-        batch, length, d = x.shape
-        w, nb = self.block_len, length // self.block_len
-        y = jax.nn.gelu(self.ssm(self.ssm_norm(x)))                  # (B, T, F, d) fp32
-        y = y.reshape(batch, nb, w, self.num_filters, d)
-        if self.variant == "sh":
-            states = y[:, :, :, 0]                                   # all W outputs of the block
-        elif self.variant == "mh":
-            states = y[:, :, -1]                                     # the block's last output, S filters
-        else:
-            last = self.num_states // self.num_filters               # last S/F outputs of each filter
-            states = y[:, :, w - last:].reshape(batch, nb, self.num_states, d)
+        batch = x.shape[0]
+        ends = self.ssm.block_ends(self.ssm_norm(x), block_len=self.block_len, last=self.ends_read())
+        states = self.states_from_ends(jax.nn.gelu(ends))                   # fp32
         # Shift one block forward: block k sees block k-1's states, block 0 learned ones.
-        init = jnp.broadcast_to(self.context_init[...], (batch, 1, self.num_states, d))
+        init = jnp.broadcast_to(self.context_init[...], (batch, 1, *self.context_init.shape))
         states = jnp.concatenate([init, states[:, :-1]], axis=1)
         return (states + self.context_ids[...]).astype(x.dtype)
 
