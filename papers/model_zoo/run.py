@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,10 @@ def run_model(args, name: str, runs: Path) -> dict:
         return {"skipped": f"model {name!r} is not registered in this checkout"}
     out_json = runs / f"{name}.result.json"
     runs.mkdir(parents=True, exist_ok=True)
+    # Train from scratch: a run folder left by an earlier run would resume from its last
+    # checkpoint, train nothing and report the old numbers.
+    shutil.rmtree(runs / name, ignore_errors=True)
+    out_json.unlink(missing_ok=True)
     extra = overrides(args, name, runs)
     cmd = [sys.executable, __file__, "--child", str(config), str(out_json), *extra]
     log(f"{name}: training {args.steps} steps x {args.batch} x {args.seq_len} tokens")
