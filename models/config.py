@@ -49,8 +49,8 @@ class BSTConfig:
     bst_every: int = 1                      # every k-th layer is a BST layer; the rest attend in-block only
     dt_min: float = 1e-3                    # S4D step size Δ, log-uniform in [dt_min, dt_max] at init
     dt_max: float = 1e-1
-    conv: str = "chunked"                   # SSM convolution: "chunked" (recurrence per 64-token chunk,
-                                            # linear in T) or "fft" (the paper's FFT, O(T log T)); same result
+    conv: str = "chunked"                   # SSM convolution: "chunked" (the recurrence one block at a
+                                            # time, linear in T) or "fft" (the paper's, O(T log T)); same result
 
 
 @dataclass
