@@ -8,7 +8,7 @@ run in parallel: there is no recurrence between blocks.
                       bst=BSTConfig(variant="mh", block_len=64))
     model = build_model(cfg, rngs=nnx.Rngs(0))
     logits = model(tokens)                         # (B, T) int -> (B, T, vocab) fp32, any T
-    cache = model.init_cache(batch, max_len)
+    cache = model.init_cache(batch, max_len)       # recurrent: its size does not depend on max_len
     logits, cache = model(prompt, cache=cache)     # then one token at a time (models.generate)
 
 BST layer (pre-norm residuals; x is (B, T, d), blocks are x reshaped to (B·T/W, W, d)):
@@ -57,14 +57,18 @@ boundaries, which the EOS token marks. RoPE positions are block-local (relative
 positions inside a block are all RoPE sees), so `positions` is accepted and ignored.
 
 Lengths that are not a multiple of W are padded at the end internally (causality
-makes the padding invisible to real positions), so decoding works at any length.
+makes the padding invisible to real positions).
 
-Decoding cost: the cache is the token history (B, max_len) and its write index; each
-call writes the new tokens and recomputes the whole forward pass over the max_len
-buffer, then returns the logits of the new positions. Exact (equal to the full
-forward pass up to float rounding of the different FFT size) but O(max_len) work per
-step, O(max_len²) per generation; a recurrent cache (S4D state + the current block's
-keys) would make a step O(W + N·d) and is left for later.
+Decoding (`BSTCache`, one `BSTLayerCache` per layer + the position): a BST layer keeps
+the S4D state (B, F, d, N/2), the current block's SSM outputs after GELU at the
+positions the next context reads, the cross-attention keys/values of the current
+block's context states, and a W-slot KV cache for the in-block self-attention whose
+index restarts at every block; other layers keep only the W-slot KV cache. One token
+costs O((W + S)·d + F·N·d + d²) per layer at any position, plus projecting the S new
+context states once per block (O(S·d²), (S/W)·d² per token on average). The cache is
+O(W + S + F·N) per channel, independent of max_len. A prompt of T tokens runs the
+one-token step T times under `lax.scan`, so decoding equals the parallel forward pass
+(to float rounding); dropout is off while decoding.
 """
 from __future__ import annotations
 
@@ -276,6 +280,18 @@ class DiagonalSSM(nnx.Module):
 # --------------------------------------------------------------------------- layer
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BSTLayerCache:
+    """One layer's decoding state; its size does not depend on the sequence length.
+    The SSM fields are None in layers without the SSM."""
+    kv: ea.KVCache                # W slots of the in-block self-attention (index = position % W)
+    ssm: Array = None             # (B, F, d, N/2) complex64: the S4D state
+    outputs: Array = None         # (B, ends_read, F, d) fp32: this block's read SSM outputs after GELU
+    cross_k: Array = None         # (B, S, H_kv, Dk): cross-attention keys of this block's context
+    cross_v: Array = None         # (B, S, H_kv, Dv)
+
+
 class BSTLayer(nnx.Module):
     """One layer: SSM context states + block transformer (or, with `with_ssm=False`,
     the block transformer alone)."""
@@ -339,6 +355,54 @@ class BSTLayer(nnx.Module):
         blocks = blocks + drop(self.mlp(self.mlp_norm(blocks)))
         return blocks.reshape(batch, length, d)
 
+    # ----------------------------------------------------------------- decoding
+
+    def init_cache(self, batch: int) -> BSTLayerCache:
+        kv = self.attn.init_cache(batch, self.block_len)
+        if not self.with_ssm:
+            return BSTLayerCache(kv=kv)
+        a, d = self.cross, self.context_ids.shape[-1]
+        return BSTLayerCache(
+            kv=kv, ssm=self.ssm.init_state(batch),
+            outputs=jnp.zeros((batch, self.ends_read(), self.num_filters, d), jnp.float32),
+            cross_k=jnp.zeros((batch, self.num_states, a.num_kv_heads, a.head_dim), a.dtype),
+            cross_v=jnp.zeros((batch, self.num_states, a.num_kv_heads, a.value_dim), a.dtype))
+
+    def block_context(self, outputs, first):
+        """(B, S, d) fp32: the context states of the block starting now, from the finished
+        block's read outputs (B, ends_read, F, d) after GELU, or context_init if `first`."""
+        states = self.states_from_ends(outputs[:, None])[:, 0]
+        return jnp.where(first, self.context_init[...], states) + self.context_ids[...]
+
+    def decode(self, x, cache: BSTLayerCache, index):
+        """One token x (B, 1, d) at position `index` (traced int32) -> (B, 1, d), new cache:
+        __call__'s output at that position, dropout off."""
+        batch, w = x.shape[0], self.block_len
+        pos = index % w                         # RoPE positions and the KV cache are block-local
+        ssm, outputs, cross_k, cross_v = cache.ssm, cache.outputs, cache.cross_k, cache.cross_v
+        if self.with_ssm:
+            def new_context():                  # block start: project the new states once per block
+                ctx = self.context_norm(self.block_context(outputs, index == 0).astype(x.dtype))
+                return (self.cross.k_proj(ctx).reshape(cross_k.shape),
+                        self.cross.v_proj(ctx).reshape(cross_v.shape))
+            cross_k, cross_v = jax.lax.cond(pos == 0, new_context, lambda: (cross_k, cross_v))
+            y, ssm = self.ssm.step(self.ssm_norm(x)[:, 0], ssm)
+            # Only the last ends_read positions are kept: earlier ones land on slot 0, which
+            # position W - ends_read overwrites before the block ends.
+            slot = jnp.maximum(pos - (w - self.ends_read()), 0)
+            outputs = jax.lax.dynamic_update_slice(outputs, jax.nn.gelu(y)[:, None], (0, slot, 0, 0))
+
+        kv = dataclasses.replace(cache.kv, index=pos)     # slots >= pos are stale: masked
+        h, kv = self.attn(self.attn_norm(x), positions=pos[None], cache=kv)
+        x = x + h
+        if self.with_ssm:
+            a = self.cross
+            q = a.q_proj(self.cross_norm(x)).reshape(batch, 1, a.num_heads, a.head_dim)
+            h = a.attend_heads(q, cross_k, cross_v, None)
+            x = x + a.out_proj(h.reshape(batch, 1, a.num_heads * a.value_dim))
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, BSTLayerCache(kv=kv, ssm=ssm, outputs=outputs, cross_k=cross_k, cross_v=cross_v)
+
 
 # --------------------------------------------------------------------------- model
 
@@ -346,9 +410,9 @@ class BSTLayer(nnx.Module):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class BSTCache:
-    """Decoding state: the token history and how much of it is filled."""
-    tokens: Array     # (B, max_len) int32
-    index: Array      # () int32: next write position
+    """Decoding state: one BSTLayerCache per layer and the number of tokens seen."""
+    layers: list[BSTLayerCache]
+    index: Array      # () int32: the next token's position
 
 
 class BlockStateTransformer(nnx.Module):
@@ -369,23 +433,33 @@ class BlockStateTransformer(nnx.Module):
     def init_cache(self, batch: int, max_len: int) -> BSTCache:
         if max_len > self.max_seq_len:
             raise ValueError(f"cache max_len={max_len} exceeds the model's max_seq_len={self.max_seq_len}")
-        return BSTCache(tokens=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
+        return BSTCache(layers=[layer.init_cache(batch) for layer in self.layers],
+                        index=jnp.zeros((), jnp.int32))
 
     def __call__(self, tokens, *, segment_ids=None, positions=None, cache: BSTCache | None = None,
                  deterministic: bool = True):
         """tokens (B, T) int -> logits (B, T, vocab) fp32, or (logits, new_cache).
-        positions: ignored (RoPE is block-local; see the module docstring)."""
+        positions: ignored (RoPE is block-local; see the module docstring).
+        With a cache, dropout is off whatever `deterministic` says."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (B, T); got {tokens.shape}")
         if cache is None:
             return self.forward(tokens, segment_ids=segment_ids, deterministic=deterministic)
         if segment_ids is not None:
             raise ValueError("segment_ids are for packed training rows; decode one document per row")
-        length = tokens.shape[1]
-        history = jax.lax.dynamic_update_slice(cache.tokens, tokens.astype(jnp.int32), (0, cache.index))
-        logits = self.forward(history, deterministic=deterministic)
-        logits = jax.lax.dynamic_slice_in_dim(logits, cache.index, length, axis=1)
-        return logits, BSTCache(tokens=history, index=cache.index + length)
+        if not isinstance(cache, BSTCache) or len(cache.layers) != len(self.layers):
+            raise ValueError("cache does not match this model; use model.init_cache(batch, max_len)")
+
+        def step(carry, token):                 # one token through every layer; a prompt is a scan
+            layers, index = carry
+            x, new = self.embed(token[:, None]), []
+            for layer, c in zip(self.layers, layers):
+                x, c = layer.decode(x, c, index)
+                new.append(c)
+            return (new, index + 1), self.head(x)[:, 0]
+
+        (layers, index), logits = jax.lax.scan(step, (cache.layers, cache.index), tokens.T)
+        return jnp.moveaxis(logits, 0, 1), BSTCache(layers=layers, index=index)
 
     def forward(self, tokens, *, segment_ids=None, deterministic: bool = True):
         length = tokens.shape[1]
@@ -398,9 +472,13 @@ class BlockStateTransformer(nnx.Module):
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, segment_ids=segment_ids, deterministic=deterministic)
+        return self.head(x)[:, :length]
+
+    def head(self, x):
+        """(B, T, d) -> (B, T, vocab) fp32 logits."""
         x = self.norm(x)
         logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
-        return logits[:, :length].astype(jnp.float32)
+        return logits.astype(jnp.float32)
 
 
 @register_model("bst")
