@@ -11,9 +11,9 @@ and its ratio to the transformer's): with width d and L = `num_layers`,
     transformer  L layers of width d;
     bst          max(1, L-1) BST layers of width d (each layer also holds a
                  cross-attention, so one fewer), variant and W from the options;
-    zamba        L+1 Mamba-2 layers of width 3d/4 and ONE application of the shared
-                 attention block (shared_every = L+1), as in Zamba's one block per
-                 several Mamba layers; Mamba-2 (SSD) because Mamba-1's elementwise scan
+    zamba        2L Mamba-2 layers of width 5d/8 and ONE application of the shared
+                 attention block (shared_every = 2L): at L = 3 that is Zamba's six
+                 Mamba layers per shared block; Mamba-2 (SSD) because Mamba-1's elementwise scan
                  is 4x slower on CPU (`python -c "from models.mamba import benchmark_layers;
                  benchmark_layers()"`).
 
@@ -68,14 +68,16 @@ def zoo_config(name: str, seq_len: int, *, d_model: int = 128, num_layers: int =
         return ModelConfig(d_model=d_model, num_layers=max(1, num_layers - 1), **common,
                            bst=BSTConfig(variant=variant, block_len=block_len))
     if name == "zamba":
-        width = max(8, d_model * 3 // 4 // 8 * 8)
+        # Narrower and deeper than the transformer, as Zamba is: the shared block is
+        # 2·width wide, and the Mamba layers take the rest of the parameter budget.
+        width = max(8, d_model * 5 // 8 // 8 * 8)
         inner = 2 * width
         if inner % num_heads:
             raise ValueError(f"--heads={num_heads} must divide the hybrid's shared-block width {inner} "
-                             f"(2 x 3/4 of --d-model={d_model})")
-        return ModelConfig(d_model=width, num_layers=num_layers + 1, mlp_ratio=2.5, **common,
+                             f"(2 x 5/8 of --d-model={d_model})")
+        return ModelConfig(d_model=width, num_layers=2 * num_layers, **common,
                            ssm=SSMConfig(kind="mamba2", head_dim=_largest_divisor_at_most(inner, 32)),
-                           zamba=ZambaConfig(shared_every=num_layers + 1))
+                           zamba=ZambaConfig(shared_every=2 * num_layers))
     return ModelConfig(d_model=d_model, num_layers=num_layers, **common)
 
 
