@@ -19,6 +19,8 @@ Scans (all in float32, whatever the compute dtype):
 - `ssd_scan` (Mamba-2): A = a_h·I per head, so the intra-chunk part is a masked
   matmul (C_t·B_s)·exp(Σ_{s<r≤t} Δ_r a) and chunks pass a (H, P, N) state.
 - `selective_step` / `ssd_step`: one token, for decoding.
+Under `energy_attn.sequence_sharding` (mesh.seq > 1) the conv and the scan run
+sharded, with a carry exchange between devices (models/mamba_sharding.py).
 Sequence lengths that are not a multiple of `chunk_size` are padded with Δ = 0
 (decay 1, input 0), which carries the state through unchanged.
 
@@ -37,6 +39,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from energy_attn.sequence_sharding import current_sequence_sharding
 
 from .config import ModelConfig
 from .layers import RMSNorm, compute_dtype
@@ -176,6 +180,11 @@ def ssd_step(h, x, dt, a, B, C, D):
 
 
 # ------------------------------------------------------------------ modules
+def _sharded():
+    from . import mamba_sharding      # imported late: it builds on this module's scans
+    return mamba_sharding
+
+
 def _dt_bias(key, shape, dt_min=1e-3, dt_max=0.1, floor=1e-4):
     """Mamba's Δ bias: Δ log-uniform in [dt_min, dt_max], stored as softplus⁻¹(Δ)."""
     u = jax.random.uniform(key, shape)
@@ -200,18 +209,33 @@ class _Mixer(nnx.Module):
         self.conv_b = nnx.Param(_uniform(rngs.params(), (conv_channels,), bound))
         self.out_proj = linear(inner, d_model)
 
-    def _conv(self, u, cache, starts):
-        y, history = causal_conv(u, self.conv_w[...], self.conv_b[...],
-                                 history=None if cache is None else cache.conv, starts=starts)
+    def _conv(self, u, cache, starts, spec):
+        if spec is not None:
+            y, history = _sharded().sharded_causal_conv(u, self.conv_w[...], self.conv_b[...], starts, spec), None
+        else:
+            y, history = causal_conv(u, self.conv_w[...], self.conv_b[...],
+                                     history=None if cache is None else cache.conv, starts=starts)
         return jax.nn.silu(y), history
 
+    def _scan(self, scan, x, dt, A, B, C, *, cache, starts, spec):
+        if spec is not None:
+            return _sharded().sharded_scan(scan, x, dt, A, B, C, self.D[...], starts=starts, spec=spec,
+                                chunk_size=self.chunk_size), None
+        return scan(x, dt, A, B, C, self.D[...], h0=None if cache is None else cache.ssm,
+                    starts=starts, chunk_size=self.chunk_size)
+
     def _check(self, x, segment_ids, cache):
+        """Validate; return (document starts or None, the sequence sharding or None)."""
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, T, d_model={self.d_model}); got {x.shape}")
         if cache is not None and segment_ids is not None:
             raise ValueError("segment_ids are for packed training rows; decode one document per "
                              "row with the cache instead")
-        return None if segment_ids is None else segment_starts(segment_ids)
+        spec = None if cache is not None else current_sequence_sharding()   # decoding: one device
+        if spec is None:
+            return (None if segment_ids is None else segment_starts(segment_ids)), None
+        _sharded().check_sharded_length(x.shape[1], self.conv_width, spec)
+        return (None if segment_ids is None else _sharded().sharded_segment_starts(segment_ids, spec)), spec
 
 
 class Mamba1(_Mixer):
@@ -242,9 +266,9 @@ class Mamba1(_Mixer):
 
     def __call__(self, x, *, segment_ids=None, cache: MambaCache | None = None):
         """x (B, T, d) -> (B, T, d), or (y, new cache) when `cache` is given."""
-        starts = self._check(x, segment_ids, cache)
+        starts, spec = self._check(x, segment_ids, cache)
         u, z = jnp.split(self.in_proj(x), 2, axis=-1)
-        u, history = self._conv(u, cache, starts)
+        u, history = self._conv(u, cache, starts, spec)
         dt, B, C = jnp.split(self.x_proj(u), [self.dt_rank, self.dt_rank + self.state_dim], axis=-1)
         f32 = lambda t: t.astype(jnp.float32)                  # noqa: E731  (scan in float32)
         dt = jax.nn.softplus(f32(self.dt_proj(dt)))
@@ -254,9 +278,8 @@ class Mamba1(_Mixer):
                                   self.D[...])
             y = y[:, None]
         else:
-            y, h = selective_scan(f32(u), dt, A, f32(B), f32(C), self.D[...],
-                                  h0=None if cache is None else cache.ssm, starts=starts,
-                                  chunk_size=self.chunk_size)
+            y, h = self._scan(selective_scan, f32(u), dt, A, f32(B), f32(C), cache=cache,
+                              starts=starts, spec=spec)
         out = self.out_proj(y.astype(self.dtype) * jax.nn.silu(z))
         return out if cache is None else (out, MambaCache(conv=history, ssm=h))
 
@@ -288,10 +311,10 @@ class Mamba2(_Mixer):
 
     def __call__(self, x, *, segment_ids=None, cache: MambaCache | None = None):
         """x (B, T, d) -> (B, T, d), or (y, new cache) when `cache` is given."""
-        starts = self._check(x, segment_ids, cache)
+        starts, spec = self._check(x, segment_ids, cache)
         batch, length = x.shape[:2]
         z, xbc, dt = jnp.split(self.in_proj(x), [self.inner, 2 * self.inner + 2 * self.state_dim], axis=-1)
-        xbc, history = self._conv(xbc, cache, starts)
+        xbc, history = self._conv(xbc, cache, starts, spec)
         u, B, C = jnp.split(xbc.astype(jnp.float32), [self.inner, self.inner + self.state_dim], axis=-1)
         u = u.reshape(batch, length, self.heads, self.head_dim)
         dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...])
@@ -300,8 +323,7 @@ class Mamba2(_Mixer):
             y, h = ssd_step(cache.ssm, u[:, 0], dt[:, 0], a, B[:, 0], C[:, 0], self.D[...])
             y = y[:, None]
         else:
-            y, h = ssd_scan(u, dt, a, B, C, self.D[...], h0=None if cache is None else cache.ssm,
-                            starts=starts, chunk_size=self.chunk_size)
+            y, h = self._scan(ssd_scan, u, dt, a, B, C, cache=cache, starts=starts, spec=spec)
         y = self.norm(y.reshape(batch, length, self.inner).astype(self.dtype) * jax.nn.silu(z))
         out = self.out_proj(y)
         return out if cache is None else (out, MambaCache(conv=history, ssm=h))

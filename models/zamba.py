@@ -35,6 +35,10 @@ default) attention stays inside a document AND the Mamba state and conv
 window reset at each document start (models/mamba.py), so documents never see
 each other. Decoding: one KV cache per site + the SSM state and conv buffer of
 every Mamba layer (`ZambaCache`).
+
+Sequence sharding (the trainer's mesh.seq > 1): the shared attention runs tree-reduced
+like any EnergyAttention, the Mamba layers carry their conv window and scan state
+across devices (models/mamba_sharding.py); the model code is the same.
 """
 from __future__ import annotations
 

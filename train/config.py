@@ -463,9 +463,13 @@ def validate(cfg: Config) -> Config:
     if m.name == "zamba":  # Mamba hybrid: model.ssm and model.zamba are checked by models/zamba.py
         from models.zamba import zamba_config_errors
         errors.extend(zamba_config_errors(m))
-        need(cfg.mesh.seq <= 1,
-             f"model.name=zamba does not support mesh.seq={cfg.mesh.seq}: the Mamba scan is not "
-             "sequence-sharded yet; use mesh.seq=1 (mesh.data for data parallelism)")
+        # Sequence-sharded Mamba (models/mamba_sharding.py): each device's piece must cover
+        # the conv's reach, which it borrows from the piece before.
+        pieces = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" else 1)
+        need(cfg.mesh.seq <= 1 or d.seq_len // pieces >= m.ssm.conv_width - 1,
+             f"data.seq_len={d.seq_len} over mesh.seq={cfg.mesh.seq} ({cfg.mesh.seq_layout}) gives "
+             f"pieces of {d.seq_len // pieces} tokens, shorter than the Mamba conv's reach "
+             f"model.ssm.conv_width - 1 = {m.ssm.conv_width - 1}")
 
     # --- data
     errors.append(_one_of("data.source", d.source, DATA_SOURCES))
