@@ -484,3 +484,52 @@ class BlockStateTransformer(nnx.Module):
 @register_model("bst")
 def _build_bst(cfg: ModelConfig, *, rngs: nnx.Rngs) -> BlockStateTransformer:
     return BlockStateTransformer(cfg, rngs=rngs)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def benchmark_decode(max_lens=(1024, 4096), variants=("mh", "sh"), d_model: int = 128,
+                     num_layers: int = 4, steps: int = 20, log=print) -> list[dict]:
+    """Per-token decode time, side by side in one run: the recurrent cache against
+    re-running the forward pass over a max_len token history for every token (what a
+    cache-less BST must do). Batch 1, one jitted call per token:
+        python -c "from models.bst import benchmark_decode; benchmark_decode()"
+    """
+    import time
+
+    def per_call(fn, n):
+        jax.block_until_ready(fn())                                  # compile and warm up
+        t0 = time.perf_counter()
+        for _ in range(n):
+            jax.block_until_ready(fn())
+        return (time.perf_counter() - t0) / n
+
+    rows = []
+    for variant in variants:
+        cfg = ModelConfig(name="bst", vocab_size=256, max_seq_len=max(max_lens), d_model=d_model,
+                          num_layers=num_layers, num_heads=4, bst=BSTConfig(variant=variant, block_len=64))
+        graphdef, state = nnx.split(BlockStateTransformer(cfg, rngs=nnx.Rngs(0)))
+
+        @jax.jit
+        def recompute(state, history, index, token):
+            history = jax.lax.dynamic_update_slice(history, token, (0, index))
+            return jax.lax.dynamic_slice_in_dim(nnx.merge(graphdef, state).forward(history), index, 1, axis=1)
+
+        @jax.jit
+        def recurrent(state, token, cache):
+            return nnx.merge(graphdef, state)(token, cache=cache)
+
+        token = jnp.ones((1, 1), jnp.int32)
+        for max_len in max_lens:
+            history = jnp.zeros((1, max_len), jnp.int32)
+            cache = nnx.merge(graphdef, state).init_cache(1, max_len)
+            old = per_call(lambda: recompute(state, history, jnp.int32(max_len // 2), token), steps)
+            new = per_call(lambda: recurrent(state, token, cache), steps)
+            size = sum(x.nbytes for x in jax.tree.leaves(cache))
+            rows.append(dict(variant=variant, max_len=max_len, recompute_s=old, recurrent_s=new,
+                             cache_bytes=size))
+            log(f"bst {variant} d={d_model} L={num_layers} W=64 max_len={max_len:5d}: recompute "
+                f"{old * 1e3:7.2f} ms/token | recurrent cache {new * 1e3:5.2f} ms/token "
+                f"({old / new:5.1f}x faster) | cache {size / 1024:.0f} KiB")
+    return rows

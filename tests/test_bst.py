@@ -324,3 +324,14 @@ def test_step_by_step_equals_full_pass(conv):
 def test_bad_conv_is_one_clear_error():
     with pytest.raises(ValueError, match="model.bst.conv='fast' is not one of"):
         load_config(None, BASE + ["model.bst.conv=fast"])
+
+
+def test_decode_benchmark_runs_and_its_cache_does_not_grow_with_max_len():
+    from models.bst import benchmark_decode
+    lines = []
+    rows = benchmark_decode(max_lens=(128, 256), variants=("mh",), d_model=32, num_layers=1, steps=1,
+                            log=lines.append)
+    assert [r["max_len"] for r in rows] == [128, 256] and len(lines) == 2
+    assert rows[0]["cache_bytes"] == rows[1]["cache_bytes"]
+    assert all(r["recompute_s"] > 0 and r["recurrent_s"] > 0 for r in rows)
+    assert "ms/token" in lines[0]
