@@ -59,6 +59,10 @@ positions inside a block are all RoPE sees), so `positions` is accepted and igno
 Lengths that are not a multiple of W are padded at the end internally (causality
 makes the padding invisible to real positions).
 
+Sequence sharding (the trainer's mesh.seq > 1): attention never leaves a block, so
+the block transformer runs locally on each device's whole blocks; the S4D state is
+carried across devices (models/bst_sharding.py). Each device must hold whole blocks.
+
 Decoding (`BSTCache`, one `BSTLayerCache` per layer + the position): a BST layer keeps
 the S4D state (B, F, d, N/2), the current block's SSM outputs after GELU at the
 positions the next context reads, the cross-attention keys/values of the current
@@ -81,6 +85,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import energy_attn as ea
+from energy_attn.sequence_sharding import current_sequence_sharding, sequence_sharding
 
 from .config import BSTConfig, ModelConfig
 from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
@@ -161,10 +166,13 @@ def lower_toeplitz(taps):
     return jnp.swapaxes(rows, -1, -2)
 
 
-def chunked_ssm_outputs(u, log_decay, weight, *, chunk: int, last: int):
+def chunked_ssm_outputs(u, log_decay, weight, *, chunk: int, last: int, initial=None,
+                        with_final: bool = False):
     """The S4D convolution y[t] = Σ_{s<=t} K[t-s] u[s], K[l] = 2·Re Σ_n w_n λ_n^l
     (λ = e^{log_decay}), at the `last` final positions of every chunk of `chunk`
     positions only: (B, T/chunk, last, F, C) float32. T must be a multiple of chunk.
+    initial: (B, F, C, N/2) complex state before the first position (default zeros);
+    with_final: also return the state after the last position.
 
     It runs the recurrence x_t = λ x_{t-1} + u_t, y_t = 2·Re Σ_n w_n x_t chunk by chunk:
       state:   each chunk's end state from its own inputs, Σ_j λ^{L-1-j} u_j (one
@@ -191,7 +199,8 @@ def chunked_ssm_outputs(u, log_decay, weight, *, chunk: int, last: int):
 
     def carry(h, end):                     # h: the state entering this chunk
         return chunk_decay * h + end, h
-    _, entering = jax.lax.scan(carry, jnp.zeros_like(ends[0]), ends)           # (K, B, F, C, N/2)
+    initial = jnp.zeros_like(ends[0]) if initial is None else initial.astype(ends.dtype)
+    final, entering = jax.lax.scan(carry, initial, ends)                       # (K, B, F, C, N/2)
 
     # Read out at the last `last` positions i = L-last .. L-1.
     at = power[..., chunk - last:] * jnp.exp(log_decay)[..., None]             # λ^{i+1}
@@ -200,7 +209,17 @@ def chunked_ssm_outputs(u, log_decay, weight, *, chunk: int, last: int):
                          jnp.concatenate([entering.real, entering.imag], -1))
     taps = 2.0 * jnp.einsum("fcn,fcnl->fcl", weight, power).real                # K[0 .. L-1]
     rows = lower_toeplitz(taps)[..., chunk - last:, :]                          # (F, C, last, L)
-    return y + jnp.einsum("fcij,bkjc->bkifc", rows, u)
+    y = y + jnp.einsum("fcij,bkjc->bkifc", rows, u)
+    return (y, final) if with_final else y
+
+
+def ssm_block_ends(u, log_decay, weight, skip, *, block_len: int, last: int, initial=None):
+    """The chunked S4D's outputs, skip term included, at the last `last` positions of each
+    block: (B, T, C) -> (B, T/W, last, F, C) fp32. initial: the state before u (zeros)."""
+    batch, length, channels = u.shape
+    y = chunked_ssm_outputs(u, log_decay, weight, chunk=block_len, last=last, initial=initial)
+    u_last = u.reshape(batch, length // block_len, block_len, channels)[:, :, block_len - last:]
+    return y + u_last.astype(jnp.float32)[:, :, :, None, :] * skip
 
 
 class DiagonalSSM(nnx.Module):
@@ -260,9 +279,7 @@ class DiagonalSSM(nnx.Module):
         if self.conv == "fft":
             y = self(u).reshape(batch, length // block_len, block_len, *self.skip.shape)
             return y[:, :, block_len - last:]
-        y = chunked_ssm_outputs(u, *self.modes(), chunk=block_len, last=last)
-        u_last = u.reshape(batch, length // block_len, block_len, channels)[:, :, block_len - last:]
-        return y + u_last.astype(jnp.float32)[:, :, :, None, :] * self.skip[...]
+        return ssm_block_ends(u, *self.modes(), self.skip[...], block_len=block_len, last=last)
 
     def init_state(self, batch: int):
         """The recurrent state for decoding: (B, F, C, N/2) complex64 zeros."""
@@ -329,6 +346,16 @@ class BSTLayer(nnx.Module):
     def context_states(self, x):
         """(B, T, d) -> (B, T/W, S, d): the states block k cross-attends to."""
         batch = x.shape[0]
+        spec = current_sequence_sharding()
+        if spec is not None:       # the SSM carries its state across devices (models/bst_sharding.py)
+            from .bst_sharding import sharded_context_states
+            if self.ssm.conv != "chunked":
+                raise ValueError(f"model.bst.conv={self.ssm.conv!r} cannot be sequence-sharded; "
+                                 "use model.bst.conv=chunked (the default) with mesh.seq > 1")
+            states = sharded_context_states(self.ssm_norm(x), *self.ssm.modes(), self.ssm.skip[...],
+                                            self.context_init[...], block_len=self.block_len,
+                                            last=self.ends_read(), spec=spec)
+            return (states + self.context_ids[...]).astype(x.dtype)
         ends = self.ssm.block_ends(self.ssm_norm(x), block_len=self.block_len, last=self.ends_read())
         states = self.states_from_ends(jax.nn.gelu(ends))                   # fp32
         # Shift one block forward: block k sees block k-1's states, block 0 learned ones.
@@ -348,10 +375,13 @@ class BSTLayer(nnx.Module):
         mask = ea.causal()
         if segment_ids is not None:
             mask = mask & ea.segments(segment_ids.reshape(batch * nb, w))
-        blocks = blocks + drop(self.attn(self.attn_norm(blocks), mask=mask, positions=jnp.arange(w)))
-        if self.with_ssm:
-            ctx = self.context_norm(context.reshape(batch * nb, self.num_states, d))
-            blocks = blocks + drop(self.cross(self.cross_norm(blocks), context=ctx))
+        # Attention stays inside a block, so even on a sequence-sharded mesh it is local:
+        # blocks are whole on their device (XLA splits the block axis).
+        with sequence_sharding(None):
+            blocks = blocks + drop(self.attn(self.attn_norm(blocks), mask=mask, positions=jnp.arange(w)))
+            if self.with_ssm:
+                ctx = self.context_norm(context.reshape(batch * nb, self.num_states, d))
+                blocks = blocks + drop(self.cross(self.cross_norm(blocks), context=ctx))
         blocks = blocks + drop(self.mlp(self.mlp_norm(blocks)))
         return blocks.reshape(batch, length, d)
 
@@ -463,6 +493,10 @@ class BlockStateTransformer(nnx.Module):
 
     def forward(self, tokens, *, segment_ids=None, deterministic: bool = True):
         length = tokens.shape[1]
+        spec = current_sequence_sharding()
+        if spec is not None:       # no padding then: every device must hold whole blocks
+            from .bst_sharding import check_sharded_length
+            check_sharded_length(length, self.block_len, spec)
         pad = -length % self.block_len          # padding at the end is invisible to earlier tokens
         tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
         if segment_ids is not None and self.segment_mask:

@@ -12,11 +12,9 @@ spec's seq axis:
 
 A device holds one contiguous piece of the sequence (layout "contiguous") or two
 (layout "dual_chunk": pieces i and 2p-1-i, see energy_attn/tree/layout.py). The
-scan is an affine map on the state, h_end = decay · h_start + h_end(h_start = 0),
-so each device scans its pieces from a zero state, all devices all-gather the
-(decay, h_end) of every piece (a few KB per piece), and each folds them in
-sequence order to get its pieces' true start states: the associative carry
-exchange. Then:
+scan is an affine map on the state, so each device scans its pieces from a zero
+state and the carry exchange of models/sequence_pieces.py gives every piece its
+true start state. Then:
 - Mamba-2 (SSD): the start state's part of the output, C_t · h_start ·
   exp(Σ_{r<=t} Δ_r a), is added to the zero-state output (one einsum);
 - Mamba-1: that part needs the (T, D_inner, N) expansion the chunked scan
@@ -26,121 +24,72 @@ the conv drops taps that reach back across a start, so sharded == one device.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from energy_attn.sequence_sharding import SequenceSharding
-from energy_attn.tree.layout import check_layout, to_layout, to_natural
+from energy_attn.tree.layout import check_layout
 
 from .mamba import causal_conv, segment_starts, selective_scan, ssd_scan
-
-
-def _pieces_per_device(spec: SequenceSharding) -> int:
-    return 2 if spec.layout == "dual_chunk" else 1
+from .sequence_pieces import (carry_across_pieces, from_previous_piece, is_first_device, piece_length,
+                              rows, shard_map, split_pieces, zeros_varying_like)
 
 
 def check_sharded_length(length: int, conv_width: int, spec: SequenceSharding) -> None:
     """ValueError unless the sequence splits into pieces at least as long as the conv's reach."""
     check_layout(spec.layout, length, spec.num_shards)
-    piece = length // (spec.num_shards * _pieces_per_device(spec))
+    piece = piece_length(length, spec)
     if piece < conv_width - 1:
         raise ValueError(f"sequence-sharded Mamba needs pieces of at least conv_width - 1 = "
                          f"{conv_width - 1} tokens; T={length} over mesh.seq={spec.num_shards} "
                          f"({spec.layout}) gives {piece}")
 
 
-def _split(x, k: int):
-    """Local (B, T_local, ...) -> k pieces (B, T_local / k, ...), in sequence order within each."""
-    return jnp.split(x, k, axis=1)
-
-
-def _all_pieces(stacked, spec: SequenceSharding):
-    """This device's per-piece values (k, ...) -> every piece's (G, ...), in sequence order."""
-    gathered = lax.all_gather(stacked, spec.seq_axis, axis=0, tiled=True)   # layout order
-    return to_natural(gathered, spec.num_shards, spec.layout, axis=0)
-
-
-def _my_pieces(every, spec: SequenceSharding):
-    """Every piece's values (G, ...) in sequence order -> this device's (k, ...)."""
-    k = _pieces_per_device(spec)
-    laid_out = to_layout(every, spec.num_shards, spec.layout, axis=0)
-    return lax.dynamic_slice_in_dim(laid_out, lax.axis_index(spec.seq_axis) * k, k, axis=0)
-
-
-def _from_previous_piece(stacked, spec: SequenceSharding):
-    """(k, ...) per piece -> the same value of the piece before each of them (zeros before the
-    first piece of the sequence)."""
-    every = _all_pieces(stacked, spec)
-    shifted = jnp.concatenate([jnp.zeros_like(every[:1]), every[:-1]], axis=0)
-    return _my_pieces(shifted, spec)
-
-
-def _zeros_varying_like(shape, like):
-    """Zeros typed as varying over the same mesh axes as `like`: a scan's carry must keep
-    its type, and a state fed with per-device data varies per device."""
-    zeros = jnp.zeros(shape, jnp.float32)
-    axes = tuple(jax.typeof(like).manual_axis_type.varying)
-    return lax.pcast(zeros, axes, to="varying") if axes else zeros
-
-
-def _shard_map(fn, spec: SequenceSharding, in_specs, out_specs):
-    return jax.shard_map(fn, mesh=spec.mesh, in_specs=in_specs, out_specs=out_specs)
-
-
-def _rows(spec, extra_dims: int):
-    return P(spec.batch_axis, spec.seq_axis, *([None] * extra_dims))
-
-
 def sharded_segment_starts(segment_ids, spec: SequenceSharding):
     """(B, T) ids in layout order -> (B, T) bool, True where a document starts in sequence
     order (a piece's first token is compared with the previous piece's last)."""
-    k = _pieces_per_device(spec)
-
     def local(ids):
-        pieces = _split(ids, k)
-        before = _from_previous_piece(jnp.stack([p[:, -1] for p in pieces]), spec)   # (k, B)
+        pieces = split_pieces(ids, spec)
+        before = from_previous_piece(jnp.stack([p[:, -1] for p in pieces]), spec)   # (k, B)
         out = []
         for j, p in enumerate(pieces):
             starts = segment_starts(p).at[:, 0].set(p[:, 0] != before[j])
             out.append(starts)
         # The sequence's first token never starts a document (segment_starts' convention);
         # piece 0 compares against zeros, so clear it there.
-        first = lax.axis_index(spec.seq_axis) == 0
-        out[0] = out[0].at[:, 0].set(jnp.where(first, False, out[0][:, 0]))
+        out[0] = out[0].at[:, 0].set(jnp.where(is_first_device(spec), False, out[0][:, 0]))
         return jnp.concatenate(out, axis=1)
 
-    return _shard_map(local, spec, (_rows(spec, 0),), _rows(spec, 0))(segment_ids)
+    return shard_map(local, spec, (rows(spec, 0),), rows(spec, 0))(segment_ids)
 
 
 def sharded_causal_conv(x, w, b, starts, spec: SequenceSharding):
     """causal_conv over a sharded (B, T, C) sequence: each piece borrows the last K-1 inputs
     of the piece before it. starts: (B, T) bool or None. Returns y (B, T, C)."""
-    k, reach = _pieces_per_device(spec), w.shape[0] - 1
+    reach = w.shape[0] - 1
 
     def tails(pieces):           # the last K-1 tokens of each piece, of the piece before each
-        return _from_previous_piece(jnp.stack([p[:, p.shape[1] - reach:] for p in pieces]), spec)
+        return from_previous_piece(jnp.stack([p[:, p.shape[1] - reach:] for p in pieces]), spec)
 
     def local(x, w, b, *starts):
-        pieces = _split(x, k)
+        pieces = split_pieces(x, spec)
         history = tails(pieces)
         if not starts:
             return jnp.concatenate([causal_conv(p, w, b, history=history[j])[0]
                                     for j, p in enumerate(pieces)], axis=1)
         # The borrowed tokens may hold document starts too: convolve history + piece as one
         # sequence, so taps stop at those, and keep the piece's outputs.
-        starts = _split(starts[0], k)
+        starts = split_pieces(starts[0], spec)
         before = tails(starts)
         return jnp.concatenate([
             causal_conv(jnp.concatenate([history[j], p], axis=1), w, b,
                         starts=jnp.concatenate([before[j], starts[j]], axis=1))[0][:, reach:]
             for j, p in enumerate(pieces)], axis=1)
 
-    args, specs = (x, w, b), (_rows(spec, 1), P(), P())
+    args, specs = (x, w, b), (rows(spec, 1), P(), P())
     if starts is not None:
-        args, specs = args + (starts,), specs + (_rows(spec, 0),)
-    return _shard_map(local, spec, specs, _rows(spec, 1))(*args)
+        args, specs = args + (starts,), specs + (rows(spec, 0),)
+    return shard_map(local, spec, specs, rows(spec, 1))(*args)
 
 
 def _piece_decay(scan, dt, A, starts):
@@ -154,35 +103,21 @@ def _piece_decay(scan, dt, A, starts):
     return jnp.where(stopped.reshape((-1,) + (1,) * (decay.ndim - 1)), 0.0, decay)
 
 
-def _start_states(h_end, decay, spec: SequenceSharding):
-    """The carry exchange. h_end, decay: (k, B, ...) per local piece, scanned from a zero state
-    -> (k, B, ...) each piece's true start state."""
-    h_end, decay = _all_pieces(h_end, spec), _all_pieces(decay, spec)
-
-    def fold(h, piece):          # h: the state entering this piece
-        end, dec = piece
-        return dec * h + end, h
-
-    _, starts = lax.scan(fold, _zeros_varying_like(h_end.shape[1:], h_end), (h_end, decay))
-    return _my_pieces(starts, spec)
-
-
 def sharded_scan(scan, x, dt, A, B, C, D, *, starts, spec: SequenceSharding, chunk_size: int):
     """`scan` (selective_scan or ssd_scan, from a zero state) over a sharded sequence.
     Same arguments and shapes as `scan`; returns y only (training keeps no final state)."""
     if scan not in (selective_scan, ssd_scan):
         raise ValueError(f"sharded_scan runs selective_scan or ssd_scan, not {scan}")
-    k = _pieces_per_device(spec)
-
     def local(x, dt, B, C, A, D, *starts):
-        pieces = [_split(a, k) for a in (x, dt, B, C)]
-        starts = _split(starts[0], k) if starts else [jnp.zeros(p.shape[:2], bool) for p in pieces[0]]
+        pieces = [split_pieces(a, spec) for a in (x, dt, B, C)]
+        k = len(pieces[0])
+        starts = split_pieces(starts[0], spec) if starts else [jnp.zeros(p.shape[:2], bool) for p in pieces[0]]
         state = (x.shape[0], *x.shape[2:], B.shape[-1])     # (B, H, P, N) or (B, Di, N)
         zero_start = [scan(*(a[j] for a in pieces[:2]), A, *(a[j] for a in pieces[2:]), D,
-                           h0=_zeros_varying_like(state, x), starts=starts[j], chunk_size=chunk_size)
+                           h0=zeros_varying_like(state, x, jnp.float32), starts=starts[j], chunk_size=chunk_size)
                       for j in range(k)]
         decay = jnp.stack([_piece_decay(scan, pieces[1][j], A, starts[j]) for j in range(k)])
-        h_in = _start_states(jnp.stack([h for _, h in zero_start]), decay, spec)
+        h_in = carry_across_pieces(jnp.stack([h for _, h in zero_start]), decay, spec)
         ys = []
         for j in range(k):
             xj, dtj, Bj, Cj = (a[j] for a in pieces)
@@ -194,7 +129,7 @@ def sharded_scan(scan, x, dt, A, B, C, D, *, starts, spec: SequenceSharding, chu
         return jnp.concatenate(ys, axis=1)
 
     args = (x, dt, B, C, A, D)
-    specs = (_rows(spec, x.ndim - 2), _rows(spec, dt.ndim - 2), _rows(spec, 1), _rows(spec, 1), P(), P())
+    specs = (rows(spec, x.ndim - 2), rows(spec, dt.ndim - 2), rows(spec, 1), rows(spec, 1), P(), P())
     if starts is not None:
-        args, specs = args + (starts,), specs + (_rows(spec, 0),)
-    return _shard_map(local, spec, specs, _rows(spec, x.ndim - 2))(*args)
+        args, specs = args + (starts,), specs + (rows(spec, 0),)
+    return shard_map(local, spec, specs, rows(spec, x.ndim - 2))(*args)

@@ -197,7 +197,7 @@ BASE = ["model.name=bst", "model.max_seq_len=128", "data.seq_len=128"]
     (["model.bst.block_len=48"], "data.seq_len=128 must be divisible by model.bst.block_len=48"),
     (["model.bst.state_dim=5"], "model.bst.state_dim=5 must be even"),
     (["model.bst.variant=mf", "model.bst.num_context_states=5"], "divisible by model.bst.num_filters"),
-    (["mesh.seq=2"], "model.name=bst does not support mesh.seq=2"),
+    (["mesh.seq=2", "model.bst.conv=fft"], "model.bst.conv='fft' cannot be sequence-sharded"),
 ])
 def test_bad_options_give_one_clear_error(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -15,6 +15,7 @@ from models.config import ModelConfig, SSMConfig, ZambaConfig
 from models.mamba import Mamba1, Mamba2, causal_conv, segment_starts, selective_scan, ssd_scan
 from models.mamba_sharding import (sharded_causal_conv, sharded_scan, sharded_segment_starts)
 from models.registry import build_model
+from tests.test_train_sharded import train_losses
 
 T = 32                              # 4 devices x 2 pieces of 4 tokens (dual_chunk), or 4 x 8
 LAYOUTS = ["dual_chunk", "contiguous"]
@@ -183,22 +184,9 @@ def test_zamba_loss_and_gradients_sharded_equal_one_device(kind):
 
 
 def test_zamba_trains_sequence_sharded_like_one_device(tmp_path):
-    import json
-    from pathlib import Path
-
-    from train.config import load_config
-    from train.loop import train
-    tiny = ["model.name=zamba", "model.num_layers=2", "model.d_model=16", "model.num_heads=2",
-            "model.ssm.kind=mamba2", "model.ssm.head_dim=8", "model.zamba.shared_every=2",
-            "model.max_seq_len=64", "data.seq_len=64", "train.batch_size=4", "train.eval_batches=1",
-            "optim.warmup_steps=1", "logging.progress_bar=false", "logging.wandb=disabled",
-            "train.sample_tokens=8", "train.steps=2", "logging.log_every=1", "train.eval_every=2",
-            "checkpoint.every=2"]
-    losses = []
-    for name, mesh in (("one", []), ("sharded", ["mesh.data=2", "mesh.seq=4"])):
-        run = tmp_path / name
-        train(load_config(None, [*tiny, *mesh, f"train.run_dir={run}"]), log=lambda *_: None)
-        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-        losses.append(np.array([r["loss"] for r in rows]))
-    assert len(losses[0]) == 3
-    np.testing.assert_allclose(losses[1], losses[0], rtol=0, atol=1e-5)
+    zamba = ["model.name=zamba", "model.d_model=16", "model.ssm.kind=mamba2", "model.ssm.head_dim=8",
+             "model.zamba.shared_every=2"]
+    one = train_losses(zamba, tmp_path / "one")
+    sharded = train_losses([*zamba, "mesh.data=2", "mesh.seq=4"], tmp_path / "sharded")
+    assert len(one) == 3
+    np.testing.assert_allclose(sharded, one, rtol=0, atol=1e-5)

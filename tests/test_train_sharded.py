@@ -26,6 +26,13 @@ def losses(run_dir):
     return np.array([r["loss"] for r in rows])        # train step 1, step 2, then val
 
 
+def train_losses(overrides, run_dir):
+    """Train TINY + overrides in-process; the losses it logged."""
+    from train.loop import train
+    train(load_config(None, [*TINY, *overrides, f"train.run_dir={run_dir}"]), log=lambda *_: None)
+    return losses(run_dir)
+
+
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
     from train.loop import train

@@ -456,9 +456,15 @@ def validate(cfg: Config) -> Config:
         need(m.bst.block_len < 1 or d.seq_len % m.bst.block_len == 0,
              f"data.seq_len={d.seq_len} must be divisible by model.bst.block_len={m.bst.block_len} "
              "(training rows are split into whole blocks)")
-        need(cfg.mesh.seq <= 1,
-             f"model.name=bst does not support mesh.seq={cfg.mesh.seq}: its SSM convolution needs the "
-             "whole sequence on one device; use mesh.seq=1 (mesh.data for data parallelism)")
+        if cfg.mesh.seq > 1:    # sequence-sharded BST (models/bst_sharding.py)
+            need(m.bst.conv == "chunked",
+                 f"model.bst.conv={m.bst.conv!r} cannot be sequence-sharded; use model.bst.conv=chunked "
+                 "(the default) with mesh.seq > 1")
+            pieces = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" else 1)
+            need(m.bst.block_len < 1 or (d.seq_len // pieces) % m.bst.block_len == 0,
+                 f"data.seq_len={d.seq_len} over mesh.seq={cfg.mesh.seq} ({cfg.mesh.seq_layout}) gives "
+                 f"pieces of {d.seq_len // pieces} tokens, not a multiple of model.bst.block_len="
+                 f"{m.bst.block_len} (every device must hold whole blocks)")
 
     if m.name == "zamba":  # Mamba hybrid: model.ssm and model.zamba are checked by models/zamba.py
         from models.zamba import zamba_config_errors
