@@ -371,19 +371,26 @@ class BSTLayer(nnx.Module):
         drop = lambda h: self.dropout(h, deterministic=deterministic)  # noqa: E731
         context = self.context_states(x) if self.with_ssm else None
 
-        blocks = x.reshape(batch * nb, w, d)
+        # Blocks are a batch of nb·B short sequences, block-major: on a sequence-sharded
+        # mesh the block axis is the sharded one, so merging it first keeps every device's
+        # blocks its own (B-major would make XLA reshuffle the activations).
+        def to_blocks(a):          # (B, nb·L, ...) -> (nb·B, L, ...)
+            a = a.reshape(batch, nb, a.shape[1] // nb, *a.shape[2:])
+            return jnp.swapaxes(a, 0, 1).reshape(nb * batch, *a.shape[2:])
+
+        blocks = to_blocks(x)
         mask = ea.causal()
         if segment_ids is not None:
-            mask = mask & ea.segments(segment_ids.reshape(batch * nb, w))
+            mask = mask & ea.segments(to_blocks(segment_ids))
         # Attention stays inside a block, so even on a sequence-sharded mesh it is local:
         # blocks are whole on their device (XLA splits the block axis).
         with sequence_sharding(None):
             blocks = blocks + drop(self.attn(self.attn_norm(blocks), mask=mask, positions=jnp.arange(w)))
             if self.with_ssm:
-                ctx = self.context_norm(context.reshape(batch * nb, self.num_states, d))
+                ctx = self.context_norm(to_blocks(context.reshape(batch, nb * self.num_states, d)))
                 blocks = blocks + drop(self.cross(self.cross_norm(blocks), context=ctx))
         blocks = blocks + drop(self.mlp(self.mlp_norm(blocks)))
-        return blocks.reshape(batch, length, d)
+        return jnp.swapaxes(blocks.reshape(nb, batch, w, d), 0, 1).reshape(batch, length, d)
 
     # ----------------------------------------------------------------- decoding
 

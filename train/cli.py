@@ -306,7 +306,8 @@ def _add_train(sub):
                     "the default config on the built-in corpus (CPython's own documentation).\n"
                     "Running the same command again resumes from the run directory's latest checkpoint.\n\n"
                     "Sequence sharding: mesh.seq=S splits every sequence over S devices (attention is\n"
-                    "tree-reduced across them); mesh.data=D splits the batch. Several processes (hosts):\n"
+                    "tree-reduced across them; Mamba and BST carry their SSM state across them);\n"
+                    "mesh.data=D splits the batch. Several processes (hosts):\n"
                     "start one per host with the same command plus --coordinator/--num-processes/\n"
                     "--process-id, or set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.\n"
                     "On one machine, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N CPU devices."),
