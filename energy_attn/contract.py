@@ -21,6 +21,15 @@ from .registry import get_energy
 # --------------------------------------------------------------- input checks
 
 
+def _check_floating(where: str, q, k, v):
+    """Integer (or bool, complex) q/k/v would be differentiated and cast back to their
+    dtype, silently truncating the output; dtypes are static, so this also runs under jit."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{where}: {name} has dtype {x.dtype}; attention needs floating-point "
+                            f"inputs (cast with {name}.astype(jnp.float32))")
+
+
 def _check_inputs(q, k, v, mask: Mask):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not hasattr(x, "shape") or x.ndim not in (3, 4):
@@ -50,10 +59,11 @@ def _compute_dtype(*xs):
     return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
-def _prepare(energy, q, k, v, mask):
+def _prepare(where, energy, q, k, v, mask):
     fn = get_energy(energy)
     mask = as_mask(mask)
     q, k, v = (jnp.asarray(x) for x in (q, k, v))
+    _check_floating(where, q, k, v)
     _check_inputs(q, k, v, mask)
     out_dtype = jnp.result_type(q, k, v)
     dtype = _compute_dtype(q, k, v)
@@ -132,13 +142,20 @@ def _derive(derivation, fn, q, k, v, mask, params):
 # --------------------------------------------------------------- the contract
 
 
-def attend_with_energy(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
-    """(∂F/∂ζ at 0, F at 0): the attention output and the energy (summed log-partition)."""
-    fn, mask, q, k, v, out_dtype, unbatched = _prepare(energy, q, k, v, mask)
+def _attend_with_energy(where, energy, q, k, v, mask, params):
+    fn, mask, q, k, v, out_dtype, unbatched = _prepare(where, energy, q, k, v, mask)
     f, out = _derive(_source_value_and_grad, fn, q, k, v, mask, params)
     if unbatched:
         out = out[0]
     return out.astype(out_dtype), f
+
+
+def attend_with_energy(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
+    """(∂F/∂ζ at 0, F at 0): the attention output and the energy (summed log-partition).
+
+    Inputs and output dtype as for `attend`.
+    """
+    return _attend_with_energy("ea.attend_with_energy", energy, q, k, v, mask, params)
 
 
 def attend(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **params):
@@ -146,19 +163,27 @@ def attend(energy: str | Callable, q, k, v, *, mask: Mask | None = None, **param
 
     q: (B, Tq, H, Dk), k: (B, Tk, H_kv, Dk), v: (B, Tk, H_kv, Dv) -> (B, Tq, H, Dv).
     The batch axis may be dropped (then vmap over attend works).
+
+    q, k and v must be floating point (float16, bfloat16, float32 or float64): any other
+    dtype (int, bool, complex) raises TypeError, eagerly and under jit alike, instead of
+    silently truncating the output; attend_with_energy, attention_weights and
+    posterior_covariance check the same. The energy is evaluated in at least float32 and
+    the output cast back to the dtype q, k and v promote to (bfloat16 in, bfloat16 out).
     """
-    return attend_with_energy(energy, q, k, v, mask=mask, **params)[0]
+    return _attend_with_energy("ea.attend", energy, q, k, v, mask, params)[0]
 
 
 def attention_weights(energy: str | Callable, q, k, v=None, *, mask: Mask | None = None, **params):
     """The attention map ∂F/∂s_ij as (B, H, Tq, Tk).
 
     Energies see the scores only through β q·k + bias, so the derivative with
-    respect to a zero additive bias *is* ∂F/∂s, for any energy.
+    respect to a zero additive bias *is* ∂F/∂s, for any energy. q, k (and v, if
+    given) must be floating point (TypeError otherwise, as for `attend`); the map is
+    computed in at least float32.
     """
     if v is None:
         v = jnp.zeros(k.shape[:-1] + (1,), jnp.result_type(k))
-    fn, mask, q, k, v, _, unbatched = _prepare(energy, q, k, v, mask)
+    fn, mask, q, k, v, _, unbatched = _prepare("ea.attention_weights", energy, q, k, v, mask)
     w = _derive(_score_gradient, fn, q, k, v, mask, params)
     return w[0] if unbatched else w
 
@@ -169,8 +194,9 @@ def posterior_covariance(energy: str | Callable, q, k, v, *, mask: Mask | None =
     The Bayesian reading of the softmax energy: F is a log-partition, so ∂F/∂ζ is
     the posterior mean of v and ∂²F/∂ζ² its covariance. Energies are sums over
     queries, so the Hessian is block-diagonal and Dv reverse-mode passes give
-    every block (reverse-over-reverse also works with the flash kernel).
+    every block (reverse-over-reverse also works with the flash kernel). q, k and v
+    must be floating point (TypeError otherwise, as for `attend`).
     """
-    fn, mask, q, k, v, _, unbatched = _prepare(energy, q, k, v, mask)
+    fn, mask, q, k, v, _, unbatched = _prepare("ea.posterior_covariance", energy, q, k, v, mask)
     cov = _derive(_source_hessian_blocks, fn, q, k, v, mask, params)
     return cov[0] if unbatched else cov

@@ -238,10 +238,47 @@ def pack_rows(rows: np.ndarray, eos_id: int, pack_documents: bool = True) -> Bat
             "segment_ids": segment_ids.astype(np.int32), "positions": (t - starts).astype(np.int32)}
 
 
-def _too_few_tokens(split: str, n_tokens: int, seq_len: int, extra: str = "") -> ValueError:
+def _too_few_tokens(split: str, n_tokens: int, seq_len: int, extra: str = "",
+                    at_most: int | None = None) -> ValueError:
+    """`at_most`: the largest seq_len that works (default: what this split alone allows);
+    below 1 the advice to shrink seq_len would be wrong, so the message says so."""
+    at_most = n_tokens - 1 if at_most is None else at_most
+    if at_most < 1:
+        return ValueError(
+            f"the {split} split has {_plural(n_tokens, 'token')}, too few for even one sequence "
+            f"(seq_len=1 needs 2 tokens){extra}")
     return ValueError(
-        f"the {split} split has {n_tokens} tokens, fewer than seq_len+1 = {seq_len + 1} needed for "
-        f"one sequence; use a smaller data.seq_len (at most {max(n_tokens - 1, 0)}){extra}")
+        f"the {split} split has {_plural(n_tokens, 'token')}, fewer than seq_len+1 = {seq_len + 1} "
+        f"needed for one sequence; use a smaller data.seq_len (at most {at_most}){extra}")
+
+
+def _tail_cut(num_tokens: int, val_fraction: float) -> int:
+    """Tokens the tail split keeps for training (the rest, at the end, is validation)."""
+    return int(round(num_tokens * (1 - val_fraction)))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _corpus_too_small(cfg: DataConfig, num_docs: int, num_tokens: int) -> ValueError:
+    """No seq_len >= 1 gives both splits a sequence: say so, and what would help."""
+    held_out = num_tokens - _tail_cut(num_tokens, cfg.val_fraction)
+    hint = ""
+    for pct in range(5, 100, 5):    # the smallest round val_fraction leaving 2 tokens a side
+        cut = _tail_cut(num_tokens, pct / 100)
+        if cut >= 2 and num_tokens - cut >= 2:
+            if pct / 100 > cfg.val_fraction:
+                hint = f" or raise data.val_fraction to {pct / 100:g}"
+            break
+    where = f"data.path={cfg.path!r}" if cfg.source == "text" else f"data.source={cfg.source}"
+    return ValueError(
+        f"{where} is too small to split into training and validation data: it has "
+        f"{_plural(num_tokens, 'token')} ({_plural(num_docs, 'document')} plus "
+        f"{'its EOS token' if num_docs == 1 else 'their EOS tokens'}, {cfg.tokenizer} tokenizer), "
+        f"data.val_fraction={cfg.val_fraction} holds out "
+        f"{held_out} of them, and each split needs at least 2 tokens for one sequence of "
+        f"seq_len 1; use a larger corpus{hint}")
 
 
 # =========================================================================== in-memory iterators
@@ -587,17 +624,28 @@ def build_data(cfg: DataConfig, *, batch_size: int, seed: int, process_index: in
     train = tokenize_documents([d for d, v in zip(docs, is_val) if not v], tokenizer)
     val = tokenize_documents(val_docs, tokenizer)
     split = "documents"
+    by_doc = min(len(train), len(val))        # tokens of the smaller by-document split
     if len(train) < T + 1 or len(val) < T + 1:
         # Too few documents to split by document (one file, say): hold out the tail instead.
         stream = tokenize_documents(docs, tokenizer)
-        cut = int(round(len(stream) * (1 - cfg.val_fraction)))
+        cut = _tail_cut(len(stream), cfg.val_fraction)
         train, val, split = stream[:cut], stream[cut:], "tail"
         num_bytes, num_tokens = sum(len(d.encode("utf-8", "replace")) for d in docs), len(stream)
     else:
         num_bytes, num_tokens = sum(len(d.encode("utf-8", "replace")) for d in val_docs), len(val)
-    for name, toks in (("training", train), ("validation", val)):
-        if len(toks) < T + 1:
-            raise _too_few_tokens(name, len(toks), T, f" ({len(docs)} documents in all)")
+    if len(train) < T + 1 or len(val) < T + 1:
+        # The largest seq_len that works: by document if both splits allow it, else by tail
+        # (which does not depend on seq_len), so advice to use at most this always works.
+        at_most = max(by_doc, min(len(train), len(val))) - 1
+        if at_most < 1:
+            raise _corpus_too_small(cfg, len(docs), len(stream))
+        name, toks = ("training", train) if len(train) < len(val) else ("validation", val)
+        extra = f" ({_plural(len(docs), 'document')} in all"
+        if by_doc - 1 == at_most > len(toks) - 1:
+            extra += (f"; with seq_len at most {at_most} the split is by document "
+                      f"({len(val_docs)} held out by hash) and each side has at least {by_doc} "
+                      "tokens")
+        raise _too_few_tokens(name, len(toks), T, extra + ")", at_most=at_most)
     train_iter = BatchIterator(train, batch_size=batch_size, seq_len=T, eos_id=eos, seed=seed,
                                pack_documents=cfg.pack_documents, process_index=process_index,
                                process_count=process_count)
