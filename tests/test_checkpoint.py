@@ -2,6 +2,7 @@
 keep-N + best policy, async saves, and falling back past damaged checkpoints."""
 import os
 import shutil
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from train.checkpoint import CheckpointError, Checkpointer, CheckpointWarning
+from train.checkpoint import CheckpointError, Checkpointer, CheckpointMismatch, CheckpointWarning
 
 X = jnp.ones((2, 3))
 
@@ -266,8 +267,22 @@ def test_nothing_restorable_raises_rather_than_restarting(tmp_path):
     save_steps(tmp_path, [1])
     other = {"model": nnx.state(nnx.Linear(4, 4, rngs=nnx.Rngs(0)))}    # a different model
     with Checkpointer(tmp_path) as ckpt:
-        with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="config change"):
+        with pytest.raises(CheckpointMismatch, match="has no array model/bias .*config changed"):
             ckpt.restore_latest(other)
+
+
+def test_shape_mismatch_names_the_array_and_both_shapes_before_reading(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    model, opt, target = fresh_target()
+    wider = dict(target, rng=jax.random.key(0))
+    wider["model"] = nnx.state(Tiny(nnx.Rngs(0)))
+    wider["model"]["lin"]["kernel"].value = jnp.zeros((3, 9))
+    with Checkpointer(tmp_path) as ckpt, warnings.catch_warnings():
+        warnings.simplefilter("error")          # no fallback warnings: every checkpoint has this shape
+        with pytest.raises(CheckpointMismatch) as e:
+            ckpt.restore_latest(wider)
+    assert "checkpoint step 2" in str(e.value)
+    assert "model/lin/kernel has shape (3, 8) there and (3, 9) here" in str(e.value)
 
 
 def test_save_checks(tmp_path):

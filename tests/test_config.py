@@ -62,7 +62,11 @@ def test_yaml_merges_over_defaults(tmp_path):
 
 
 def test_empty_yaml_means_defaults(tmp_path):
-    assert load_config(write(tmp_path, "# nothing\n")) == Config()
+    path = write(tmp_path, "# nothing\n")
+    cfg = load_config(path)
+    assert cfg.train.run_dir == f"runs/{Path(path).stem}"      # its runs are named after it
+    cfg.train.run_dir = Config().train.run_dir
+    assert cfg == Config()
 
 
 def test_pyyaml_exponent_floats_are_accepted(tmp_path):

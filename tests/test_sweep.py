@@ -85,15 +85,17 @@ def test_parallel_sweep_then_skip_finished_and_resume_unfinished(tmp_path, monke
     assert [r["status"] for r in manifest["runs"]] == ["done", "done"]
     assert manifest["over"] == {"model.attention.energy": ["softmax", "sigmoid"]}
 
-    # A sweep killed during its second run: that run has checkpoints but no done.json.
+    # A sweep killed after its second run saved its last checkpoint, before done.json:
+    # the trainer finds the run complete and trains nothing.
     (points[1].run_dir / DONE_FILE).unlink()
     again = plan(None, over, sets, out=out)
     lines = []
     run_sweep(again, over=over, sets=sets, processes=1, log=lines.append, train_log=lines.append)
     text = "\n".join(lines)
     assert "[1/2] energy-softmax: finished earlier" in text
-    assert "[2/2] energy-sigmoid: resuming" in text and "resumed from step 3" in text
+    assert "[2/2] energy-sigmoid: resuming" in text and "already complete: step 3 of 3" in text
     assert [p.status for p in again] == ["skipped", "done"]
+    assert json.loads((points[1].run_dir / DONE_FILE).read_text())["already_complete"]
 
     # Everything finished: a third run trains nothing.
     import train.loop

@@ -3,6 +3,8 @@
     <run_dir>/checkpoints/<step>/state   the array pytree: model state, optimizer state, RNG keys
                                  /meta    JSON: step, data-iterator position, tokenizer vocab, ...
                                  /info    JSON: {"step", "val_loss"} (read by the keep policy)
+                                 /manifest JSON: every array's path, shape, dtype and checksum,
+                                           and the checksum of meta
 
 The pattern is the Flax NNX + Orbax one: save `nnx.state(...)` with `StandardSave`,
 restore into an *abstract* target that carries the current shardings with
@@ -27,6 +29,17 @@ handed to Orbax as its `preservation_policy` (Orbax still does the deleting, aft
 new save is finalised) but reads val_loss from our own `info` item and treats damage
 there as "no val_loss".
 
+Verified arrays: Orbax notices damage to its own format, not a flipped bit inside an
+array (those restore silently as other numbers). So every save also writes a manifest of
+checksums (BLAKE2b of each array's bytes, and of `meta`), computed from the arrays being
+saved, and every restore recomputes them from what it read. A mismatch is damage like any
+other: the checkpoint is skipped with a one-line warning naming the array. The manifest's
+shapes are also checked against the restore target *before* Orbax reads anything, so a
+checkpoint that does not fit the current model (the config changed) fails at once with
+one line naming the first differing array and both shapes (`CheckpointMismatch`), instead
+of Orbax's pages of errors for every array. Checkpoints written before manifests existed
+restore unverified, with a warning.
+
 Damaged checkpoints: `restore_latest` tries the newest first and falls back to older
 ones with a warning naming the step and the reason. A checkpoint that failed while an
 older one restored into the same target is damaged, not mismatched; it is moved aside
@@ -37,7 +50,10 @@ deleted at the next save.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
 import math
 import re
@@ -47,6 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -56,6 +73,29 @@ _TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 class CheckpointError(RuntimeError):
     """Checkpoints exist but none could be restored, or a save would overwrite one."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint's arrays do not fit the restore target (the model or optimizer changed)."""
+
+
+class ChecksumMismatch(ValueError):
+    """An array read back from a checkpoint is not the array that was saved."""
+
+
+class DiskFull(CheckpointError):
+    """A save ran out of disk space (the message says which checkpoint survives)."""
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Orbax and TensorStore wrap the OSError, or keep only its text."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class CheckpointWarning(UserWarning):
@@ -127,6 +167,88 @@ def abstract_like(state):
     return jax.tree.map(_abstract_leaf, state)
 
 
+# ------------------------------------------------------------------ checksums
+
+
+MANIFEST_FORMAT = 1
+
+
+def _path_str(path) -> str:
+    """model/blocks/0/attn/q/kernel (nnx Variables flatten to a trailing /value: dropped)."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/").removesuffix("/value")
+
+
+def _host_bytes(x) -> np.ndarray:
+    """The array's value on this host: typed PRNG keys as their raw bits; a replicated
+    global array from its local copy (every process then hashes the same bytes)."""
+    if isinstance(x, jax.Array):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                x = x.addressable_data(0)
+            else:
+                from jax.experimental import multihost_utils
+                x = multihost_utils.process_allgather(x, tiled=True)
+    return np.ascontiguousarray(np.asarray(x))
+
+
+def _digest(arr: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    return hashlib.blake2b(json.dumps(meta, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def array_manifest(state: Any, meta: dict | None = None) -> dict:
+    """{"format", "arrays": {path: {"shape", "dtype", "blake2b"}}, "meta": digest}."""
+    arrays = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        host = _host_bytes(leaf)
+        arrays[_path_str(path)] = {"shape": list(np.shape(leaf)), "dtype": str(leaf.dtype),
+                                   "blake2b": _digest(host)}
+    out = {"format": MANIFEST_FORMAT, "arrays": arrays}
+    if meta is not None:
+        out["meta"] = _meta_digest(meta)
+    return out
+
+
+def check_fits(manifest: dict, target: Any, *, partial: bool, where: str) -> None:
+    """Raise CheckpointMismatch naming the first array whose presence or shape differs
+    between the checkpoint (its manifest) and the restore target."""
+    saved = manifest["arrays"]
+    wanted = {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+    hint = "the config changed since this checkpoint was written"
+    for path, leaf in wanted.items():
+        if path not in saved:
+            raise CheckpointMismatch(f"{where} does not fit the current model: it has no array "
+                                     f"{path} ({hint})")
+        if list(leaf.shape) != list(saved[path]["shape"]):
+            raise CheckpointMismatch(
+                f"{where} does not fit the current model: {path} has shape "
+                f"{tuple(saved[path]['shape'])} there and {tuple(leaf.shape)} here ({hint})")
+    if not partial:
+        extra = [p for p in saved if p not in wanted]
+        if extra:
+            raise CheckpointMismatch(f"{where} does not fit the current model: it has an array "
+                                     f"{extra[0]} that the current model lacks ({hint})")
+
+
+def verify(manifest: dict, state: Any, meta: dict | None, *, where: str) -> None:
+    """Raise ChecksumMismatch if a restored array (or meta) differs from what was saved."""
+    saved = manifest["arrays"]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        name = _path_str(path)
+        if _digest(_host_bytes(leaf)) != saved[name]["blake2b"]:
+            raise ChecksumMismatch(f"array {name} of {where} does not match its checksum")
+    if meta is not None and "meta" in manifest and _meta_digest(meta) != manifest["meta"]:
+        raise ChecksumMismatch(f"the meta (step, data position) of {where} does not match its checksum")
+
+
 # ------------------------------------------------------------------ the checkpointer
 
 
@@ -144,6 +266,7 @@ class Checkpointer:
         self._unreadable: set[int] = set()
         self._tmp_cleaned = False
         self._closed = False
+        self._saving: int | None = None
         options = ocp.CheckpointManagerOptions(
             preservation_policy=_KeepLatestAndBest(keep, keep_best, self._val_loss),
             enable_async_checkpointing=async_save,
@@ -209,12 +332,35 @@ class Checkpointer:
                 f"{self.directory} already has a checkpoint at step {step}; resume from it "
                 "(checkpoint.resume) or train into a fresh run directory")
         self._val_losses[step] = val
+        manifest = array_manifest(state, meta)     # from the arrays in memory, before the write
         # force=True: the caller decides when to save, not Orbax's save-interval policy.
-        self._mngr.save(step, force=True, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(meta),
-            info=ocp.args.JsonSave({"step": step, "val_loss": val}),
-        ))
+        self._saving = step
+        with self._disk_full_says_what_is_kept():
+            self._mngr.save(step, force=True, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave(meta),
+                info=ocp.args.JsonSave({"step": step, "val_loss": val}),
+                manifest=ocp.args.JsonSave(manifest),
+            ))
+
+    @contextlib.contextmanager
+    def _disk_full_says_what_is_kept(self):
+        """A full disk surfaces in whichever call meets Orbax's failed write (this save, or
+        the wait for an async one): turn it into one sentence naming what survived."""
+        try:
+            yield
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            try:
+                self._mngr.reload()
+                kept = [s for s in self._mngr.all_steps() if s != self._saving]
+            except Exception:  # noqa: BLE001 -- the message matters more than the listing
+                kept = []
+            last = f"the newest complete checkpoint, step {max(kept)}, is kept" if kept else \
+                "no complete checkpoint exists yet"
+            raise DiskFull(f"disk full while saving checkpoint step {self._saving} in "
+                           f"{self.directory}; {last}. Free space and rerun to resume") from None
 
     def _remove_unfinished(self) -> None:
         """Half-written saves of a killed process: Orbax never lists them; delete them."""
@@ -238,12 +384,14 @@ class Checkpointer:
     def wait(self) -> None:
         """Block until pending async saves (and the deletions they trigger) are done."""
         if not self._closed:
-            self._mngr.wait_until_finished()
+            with self._disk_full_says_what_is_kept():
+                self._mngr.wait_until_finished()
 
     def close(self) -> None:
         if not self._closed:
-            self._mngr.close()      # waits for the last save
             self._closed = True
+            with self._disk_full_says_what_is_kept():
+                self._mngr.close()      # waits for the last save
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -260,6 +408,28 @@ class Checkpointer:
         partial=True restores only the top-level entries `abstract_state` names (e.g. just
         {"model": ...} for evaluation, leaving the optimizer state on disk)."""
         target = abstract_like(abstract_state)
+        where = f"checkpoint step {step} in {self.directory}"
+        manifest = self._manifest(step)
+        if manifest is not None:
+            check_fits(manifest, target, partial=partial, where=where)
+        else:
+            _warn(f"{where} has no checksums (written before energy-attn verified checkpoints); "
+                  "restoring it unverified", depth=1)
+        state, meta = self._read(step, target, partial=partial)
+        if manifest is not None:
+            verify(manifest, state, meta, where=where)
+        return state, meta
+
+    def _manifest(self, step: int) -> dict | None:
+        path = self._step_dir(step) / "manifest"
+        if not path.is_dir():
+            return None
+        manifest = ocp.JsonCheckpointHandler().restore(path)
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"unreadable checksum manifest in {path}")
+        return manifest
+
+    def _read(self, step: int, target: Any, *, partial: bool) -> tuple[Any, dict]:
         if not partial:
             r = self._mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -295,10 +465,14 @@ class Checkpointer:
         for step in order:
             try:
                 state, meta = self.restore(step, abstract_state, partial=partial)
+            except CheckpointMismatch:
+                raise              # the config changed: older checkpoints do not fit either
             except Exception as e:  # damage shows as ValueError, KeyError, OSError, ...
                 failed.append((step, e))
-                _warn(f"checkpoint step {step} in {self.directory} could not be restored "
-                      f"({_reason(e)}); falling back to an older checkpoint")
+                reason = str(e) if isinstance(e, ChecksumMismatch) else (
+                    f"checkpoint step {step} in {self.directory} could not be restored ({_reason(e)})")
+                _warn(f"{reason}; skipping it" + (", falling back to an older checkpoint"
+                                                  if step != order[-1] else ""))
                 continue
             # An older checkpoint fits the same target, so the failed ones are damaged.
             self._unreadable.update(s for s, _ in failed)

@@ -59,7 +59,7 @@ def name_list(text):
 
 
 def _add_bench(sub):
-    p = _parser(sub, "bench", help="benchmarks (attention, train, decode)",
+    p = _parser(sub, "bench", help="benchmarks (attention, train, models, decode, checkpoint)",
                 description="Benchmarks. Each measures everything it compares in one run.",
                 example="energy-attn bench attention --skip-long")
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -67,6 +67,7 @@ def _add_bench(sub):
     _add_bench_train(bench)
     _add_bench_models(bench)
     _add_bench_decode(bench)
+    _add_bench_checkpoint(bench)
 
 
 def _add_bench_attention(sub):
@@ -159,6 +160,28 @@ def _bench_train(args):
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise CLIError(str(e)) from None
     print(format_report(res))
+    return 0
+
+
+def _add_bench_checkpoint(sub):
+    p = _parser(
+        sub, "checkpoint", help="what verified checkpoints cost: checksums vs a whole save/restore",
+        description=(
+            "Builds CONFIG's model and optimizer and times, in alternating rounds, the checksum\n"
+            "manifest against a whole checkpoint save (save + wait) and the verification against\n"
+            "a whole restore. Default: configs/shakespeare_char.yaml (reads\n"
+            "../shared/data/tinyshakespeare.txt; point data.path elsewhere with an override)."),
+        example="energy-attn bench checkpoint configs/default.yaml --rounds 5")
+    p.add_argument("config", nargs="?", default="configs/shakespeare_char.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--rounds", type=positive_int, default=5, help="timed rounds (default 5)")
+    p.set_defaults(handler=_bench_checkpoint, prog=p.prog)
+
+
+def _bench_checkpoint(args):
+    cfg = _load_config(args.config, args.overrides)
+    from train.bench_checkpoint import bench_checkpoint, format_report
+    print(format_report(bench_checkpoint(cfg, rounds=args.rounds)))
     return 0
 
 
@@ -304,7 +327,13 @@ def _add_train(sub):
                 description=(
                     "Train a model from a YAML config plus dotted overrides. With no arguments it trains\n"
                     "the default config on the built-in corpus (CPython's own documentation).\n"
-                    "Running the same command again resumes from the run directory's latest checkpoint.\n\n"
+                    "The run directory is train.run_dir, or runs/<config name> plus the experiment keys\n"
+                    "the overrides change (model.attention.energy=sigmoid -> runs/default__energy-sigmoid).\n"
+                    "Running the same command again resumes from its latest verified checkpoint; a finished\n"
+                    "run says so and exits. A run directory holds one experiment: a changed model, data,\n"
+                    "optim, seed or batch size is refused (see --allow-config-change); raising train.steps\n"
+                    "trains a finished run longer. One process writes a run directory at a time.\n"
+                    "--debug (any command) shows tracebacks instead of one-line errors.\n\n"
                     "Sequence sharding: mesh.seq=S splits every sequence over S devices (attention is\n"
                     "tree-reduced across them; Mamba and BST carry their SSM state across them);\n"
                     "mesh.data=D splits the batch. Several processes (hosts):\n"
@@ -324,6 +353,10 @@ def _add_train(sub):
                    help="multi-process: number of processes (env JAX_NUM_PROCESSES)")
     p.add_argument("--process-id", type=int, default=None,
                    help="multi-process: this process's id, 0-based (env JAX_PROCESS_ID)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="continue a run whose config.yaml differs in what defines the experiment "
+                        "(model, data, optim, seed, batch size); the change is recorded in "
+                        "RUN_DIR/config_history.jsonl with the step it took effect")
     p.set_defaults(handler=_train, prog=p.prog)
 
 
@@ -347,12 +380,10 @@ def _train(args):
         raise CLIError(str(e)) from None
     from train.loop import TrainingDiverged, train
     try:
-        train(cfg)
+        train(cfg, allow_config_change=args.allow_config_change)
     except TrainingDiverged as e:
         print(f"{args.prog}: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
     return 0
 
 
@@ -826,8 +857,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEBUG_ENV = "ENERGY_ATTN_DEBUG"
+# Errors whose message is the whole story (ours, and the standard ones we raise on purpose).
+_PLAIN_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
+                 RuntimeError, ImportError)
+
+
 def main(argv=None) -> int:
-    """Run the command line; return the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the command line; return the exit code (0 ok, 1 training diverged, 2 any other
+    failure, 130 interrupted). Every failure is one line on stderr; `--debug` (anywhere on
+    the command line) or ENERGY_ATTN_DEBUG=1 shows tracebacks and third-party logs instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
         args = build_parser().parse_args(argv)
     except CLIError as e:            # message already names the command
@@ -835,6 +877,7 @@ def main(argv=None) -> int:
         return 2
     except SystemExit as e:          # --help exits through argparse
         return e.code if isinstance(e.code, int) else 0
+    restore = None if debug else _quiet()
     try:
         return args.handler(args)
     except CLIError as e:
@@ -843,6 +886,51 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("energy-attn: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 -- the one place every other failure becomes one line
+        if debug:
+            raise
+        print(f"{args.prog}: {error_line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        if restore is not None:
+            restore()
+
+
+def error_line(e: BaseException) -> str:
+    """One line for any exception: disk full says so; our own errors are their message;
+    anything else is its type and first line, and where the traceback is."""
+    from train.checkpoint import is_disk_full
+    if is_disk_full(e) and "disk full" not in str(e):
+        return f"disk full: {_first_line(e)}"
+    if isinstance(e, _PLAIN_ERRORS) or type(e).__module__.startswith(("train", "models", "energy_attn")):
+        return _first_line(e)
+    return f"{type(e).__name__}: {_first_line(e)} (rerun with --debug for the traceback)"
+
+
+def _first_line(e: BaseException, limit: int = 600) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _quiet():
+    """One line per warning (`energy-attn: warning: ...`), and no absl/Orbax log lines or
+    background-thread tracebacks: the command reports what matters itself. Returns the undo."""
+    import logging
+    import threading
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"energy-attn: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    saved = (warnings.showwarning, threading.excepthook, logging.getLogger("absl").level)
+    warnings.showwarning = one_line
+    threading.excepthook = lambda args: None      # Orbax's async threads re-raise in the caller
+    logging.getLogger("absl").setLevel(logging.CRITICAL + 1)
+
+    def restore():
+        warnings.showwarning, threading.excepthook = saved[0], saved[1]
+        logging.getLogger("absl").setLevel(saved[2])
+    return restore
 
 
 if __name__ == "__main__":

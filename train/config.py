@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import inspect
 import re
 import types
@@ -88,7 +89,8 @@ class TrainConfig:
     sample_tokens: int = 200         # tokens per generated sample
     temperature: float = 0.8         # sampling temperature
     top_k: int = 40                  # sample among the k likeliest tokens (0: all)
-    on_nonfinite: str = "stop"       # "stop" | "skip"
+    on_nonfinite: str = "stop"       # "stop" | "skip" (skip the update of a step whose loss or gradient is NaN/inf)
+    max_skipped_steps: int = 10      # on_nonfinite=skip: stop after this many skipped steps in a row
 
 
 @dataclass
@@ -130,10 +132,86 @@ def load_config(path: str | None, overrides: Sequence[str] | None = (), *,
             raise ValueError(f"config file {path} must hold a mapping of sections "
                              f"(model:, data:, optim:, ...), got {type(data).__name__}")
         _merge(cfg, data, "")
+        if "run_dir" not in (data.get("train") or {}):
+            cfg.train.run_dir = f"runs/{p.stem}"      # a config's runs are named after it
+    before = to_dict(cfg)
     apply_overrides(cfg, overrides)
+    if not _sets_run_dir(overrides, before, cfg):
+        cfg.train.run_dir = derived_run_dir(cfg.train.run_dir, before, to_dict(cfg))
     if check:
         validate(cfg)
     return cfg
+
+
+# =========================================================================== one run, one experiment
+# A run directory holds one experiment. These keys define it: a run continued with any of
+# them changed would mix two experiments (train/run_record.py refuses that). The others
+# (where and how often to log, evaluate, checkpoint; the device mesh; micro-batching, which
+# computes the same step) can change between sessions of one run.
+
+EXPERIMENT_SECTIONS = ("model.", "data.", "optim.")
+EXPERIMENT_KEYS = ("train.seed", "train.batch_size", "train.steps")
+NOT_EXPERIMENT = ("model.vocab_size",      # set from the tokenizer by the trainer
+                  "optim.grad_accum")      # same step, split into micro-batches
+
+
+def defines_experiment(key: str) -> bool:
+    """Whether dotted `key` (or a key inside a dict-valued one, e.g.
+    model.attention.energy_params.beta) is part of what the experiment is."""
+    if key in NOT_EXPERIMENT:
+        return False
+    return key.startswith(EXPERIMENT_SECTIONS) or key in EXPERIMENT_KEYS
+
+
+def flat_dict(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"d_model": 128}} -> {"model.d_model": 128}; dict values are flattened too."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_name(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """A filesystem-safe name from key/value pairs: `energy-softmax__seed-0`. A key is
+    named by its last part unless two keys share it; long names end in a short hash."""
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    labels = [leaf if leaves.count(leaf) == 1 else k for leaf, k in zip(leaves, keys)]
+    name = "__".join(f"{_slug(lab)}-{_slug(str(v))}" for lab, v in zip(labels, values))
+    if len(name) > 120:
+        raw = "\n".join(f"{k}={v}" for k, v in zip(keys, values))
+        name = f"{name[:100]}__{hashlib.blake2b(raw.encode(), digest_size=3).hexdigest()}"
+    return name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")[:60] or "_"
+
+
+def derived_run_dir(base: str, before: Mapping, after: Mapping) -> str:
+    """`base` plus the experiment keys the overrides changed: `energy-attn train
+    model.attention.energy=sigmoid` trains into runs/default__energy-sigmoid, never into
+    runs/default. Overrides that change nothing, or only how the run is logged or
+    checkpointed, keep `base`."""
+    old, new = flat_dict(before), flat_dict(after)
+    changed = [k for k in new if defines_experiment(k) and old.get(k, _MISSING) != new[k]]
+    if not changed:
+        return base
+    return f"{base.rstrip('/')}__{run_name(changed, [new[k] for k in changed])}"
+
+
+_MISSING = object()
+
+
+def _sets_run_dir(overrides: Sequence[str] | str | None, before: Mapping, cfg: "Config") -> bool:
+    if cfg.train.run_dir != before["train"]["run_dir"]:
+        return True
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    keys = {item.partition("=")[0].strip().removeprefix("--") for item in overrides or ()}
+    return bool(keys & {"train.run_dir", "train"})
 
 
 def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *, check: bool = True) -> Config:
@@ -510,7 +588,7 @@ def validate(cfg: Config) -> Config:
     positive("optim.grad_accum", o.grad_accum)
 
     # --- train
-    for key in ("steps", "batch_size", "eval_every", "eval_batches"):
+    for key in ("steps", "batch_size", "eval_every", "eval_batches", "max_skipped_steps"):
         positive(f"train.{key}", getattr(t, key))
     for key in ("sample_every", "sample_tokens", "top_k"):
         positive(f"train.{key}", getattr(t, key), minimum=0)

@@ -29,6 +29,9 @@ from train.checkpoint import Checkpointer
 from train.config import Config, OptimConfig, dump_yaml, to_dict
 from train.data import build_data
 from train.metrics import MetricsLogger, ProgressBar, read_metrics
+from train.run_lock import RunLock
+from train.run_record import (HISTORY, ConfigChanged, check_changes, config_changes,
+                              experiment_changes, record_changes)
 
 
 class TrainingDiverged(RuntimeError):
@@ -152,18 +155,37 @@ class RunResult:
     val_loss: float
     params: int
     wall_s: float
+    skipped_steps: int = 0          # updates skipped for non-finite loss (train.on_nonfinite=skip)
+    already_complete: bool = False  # the run directory had finished this config before
 
 
 # ------------------------------------------------------------------ the run
 
 
-def train(cfg: Config, *, log=print) -> RunResult:
+def train(cfg: Config, *, log=print, allow_config_change: bool = False) -> RunResult:
+    """Train `cfg` in `cfg.train.run_dir`, resuming it if it holds a checkpoint.
+
+    The run directory holds one experiment: a config that changes what the experiment is
+    raises ConfigChanged unless `allow_config_change` (the change is then recorded in
+    config_history.jsonl); a run that already finished this config returns at once,
+    touching nothing. One process at a time may write a run directory (RunLocked)."""
     t_start = time.perf_counter()
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     main_process = jax.process_index() == 0
     if not main_process:                 # one voice: process 0 prints and writes the files
         log = lambda *_: None            # noqa: E731
+    changes = config_changes(run_dir, cfg)        # read-only: every process decides alike
+    check_changes(run_dir, changes, allow=allow_config_change)
+    lock = RunLock(run_dir).acquire() if main_process else None
+    try:
+        return _train(cfg, run_dir, changes, allow_config_change, log, main_process, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool, log,
+           main_process: bool, t_start: float) -> RunResult:
     mesh = make_mesh(cfg)
     spec = sequence_spec(cfg, mesh)
     layout = sequence_layout(spec, cfg.data.seq_len)
@@ -186,21 +208,33 @@ def train(cfg: Config, *, log=print) -> RunResult:
 
     ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, keep_best=cfg.checkpoint.keep_best)
     start_step = 0
-    if cfg.checkpoint.resume:
-        restored = ckpt.restore_latest(_checkpoint_state(model, optimizer))
-        if restored is not None:
-            start_step, state, meta = restored
-            nnx.update(model, state["model"])
-            nnx.update(optimizer, state["optimizer"])
-            train_batches.restore(meta["data"])
-            log(f"resumed from step {start_step} in {run_dir}")
+    try:
+        if cfg.checkpoint.resume:
+            restored = ckpt.restore_latest(_checkpoint_state(model, optimizer))
+            if restored is not None:
+                start_step, state, meta = restored
+                if start_step > cfg.train.steps:
+                    raise ConfigChanged(
+                        f"{run_dir} is at step {start_step}, past train.steps={cfg.train.steps}; "
+                        f"to train it longer set train.steps above {start_step}")
+                if start_step == cfg.train.steps and not experiment_changes(changes):
+                    return _already_complete(cfg, run_dir, ckpt, start_step, num_params(model), log, t_start)
+                nnx.update(model, state["model"])
+                nnx.update(optimizer, state["optimizer"])
+                train_batches.restore(meta["data"])
+                log(f"resumed from step {start_step} in {run_dir}")
+    except BaseException:
+        ckpt.close()
+        raise
     if main_process:
+        _record(run_dir, start_step, changes, allow_config_change, log)
         dump_yaml(cfg, run_dir / "config.yaml")
     metrics = (MetricsLogger(run_dir, wandb_mode=cfg.logging.wandb, project=cfg.logging.project,
                              config=to_dict(cfg)) if main_process else _NoMetrics())
     n_params = num_params(model)
     log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters, energy "
-        f"{cfg.model.attention.energy}, vocab {tokenizer.vocab_size}; {cfg.train.steps} steps")
+        f"{cfg.model.attention.energy}, vocab {tokenizer.vocab_size}; {cfg.train.steps} steps; "
+        f"run directory {run_dir}")
 
     accum = cfg.optim.grad_accum
     micro = cfg.train.batch_size // accum
@@ -221,6 +255,7 @@ def train(cfg: Config, *, log=print) -> RunResult:
                       enabled=cfg.logging.progress_bar and main_process)
     val_loss, loss = math.nan, math.nan
     step = start_step
+    skipped, skipped_in_a_row = 0, 0
     try:
         while step < cfg.train.steps:
             t0 = time.perf_counter()
@@ -232,13 +267,23 @@ def train(cfg: Config, *, log=print) -> RunResult:
                 if cfg.train.on_nonfinite == "stop":
                     raise TrainingDiverged(
                         f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; "
-                        f"stopped without saving. The last good checkpoint in {run_dir} is kept "
-                        "(set train.on_nonfinite=skip to skip such steps instead)")
-                log(f"step {step}: non-finite loss/gradients, update skipped")
+                        f"stopped without saving. {_kept(ckpt, run_dir)} "
+                        "(train.on_nonfinite=skip skips such steps instead)")
+                skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
+                if skipped_in_a_row >= cfg.train.max_skipped_steps:
+                    raise TrainingDiverged(
+                        f"{skipped_in_a_row} steps in a row had a non-finite loss or gradient "
+                        f"(up to step {step}; train.max_skipped_steps={cfg.train.max_skipped_steps}); "
+                        f"stopped without saving. {_kept(ckpt, run_dir)}")
+                log(f"step {step}: non-finite loss/gradients, update skipped "
+                    f"({skipped} so far, {skipped_in_a_row} in a row)")
+            else:
+                skipped_in_a_row = 0
             tok_s = tokens_per_step / (time.perf_counter() - t0)
             bar.update(step, loss, tok_s)
             if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
-                metrics.log(step, {"loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s})
+                metrics.log(step, {"loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                                   "skipped_steps": skipped})
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put, eval_step)
                 val = eval_metrics(val_loss, getattr(val_batches, "bytes_per_token", None))
@@ -260,8 +305,52 @@ def train(cfg: Config, *, log=print) -> RunResult:
         _plot_losses(run_dir)
     wall = time.perf_counter() - t_start
     log(f"done: step {step}, train loss {loss:.4f}, val loss {val_loss:.4f} "
-        f"({wall:.0f} s); run directory {run_dir}")
-    return RunResult(step=step, train_loss=loss, val_loss=val_loss, params=n_params, wall_s=wall)
+        + (f"({skipped} non-finite steps skipped) " if skipped else "")
+        + f"({wall:.0f} s); run directory {run_dir}")
+    return RunResult(step=step, train_loss=loss, val_loss=val_loss, params=n_params, wall_s=wall,
+                     skipped_steps=skipped)
+
+
+def _kept(ckpt: Checkpointer, run_dir: Path) -> str:
+    """What a stopped run leaves behind, for its last message."""
+    ckpt.wait()
+    last = ckpt.latest_step()
+    if last is None:
+        return f"No checkpoint was saved yet, so {run_dir} has nothing to resume from."
+    return f"The last good checkpoint (step {last}) in {run_dir} is kept."
+
+
+def _record(run_dir: Path, step: int, changes: dict, allowed: bool, log) -> None:
+    """Append what changed since the run's last session to config_history.jsonl."""
+    defining = experiment_changes(changes)
+    if defining:
+        how = "--allow-config-change"
+    elif "train.steps" in changes:
+        how = "train.steps changed"
+        old, new = changes["train.steps"]
+        log(f"train.steps {old} -> {new}: the learning-rate schedule now ends at step {new}")
+    else:
+        how = "run settings (not the experiment)"
+    if changes:
+        record_changes(run_dir, step, changes, how=how)
+        log(f"config changes from step {step} recorded in {run_dir / HISTORY}: "
+            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+
+
+def _already_complete(cfg: Config, run_dir: Path, ckpt: Checkpointer, step: int, n_params: int,
+                      log, t_start: float) -> RunResult:
+    """A finished run asked to train again with the same experiment: report, touch nothing."""
+    val_loss = ckpt.val_loss(step)
+    ckpt.close()
+    train_rows = [r for r in read_metrics(run_dir) if r.get("split", "train") == "train" and "loss" in r]
+    train_loss = train_rows[-1]["loss"] if train_rows else math.nan
+    val = f"val loss {val_loss:.4f}" if val_loss is not None else "no val loss recorded"
+    log(f"{run_dir} is already complete: step {step} of {cfg.train.steps}, {val}; nothing to do "
+        f"(to train it longer: train.run_dir={run_dir} train.steps=N with N > {step})")
+    return RunResult(step=step, train_loss=train_loss,
+                     val_loss=val_loss if val_loss is not None else math.nan,
+                     params=n_params, wall_s=time.perf_counter() - t_start,
+                     already_complete=True)
 
 
 def _checkpoint_state(model, optimizer):

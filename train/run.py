@@ -31,9 +31,24 @@ def load_run(run_dir: str | Path, *, which: str = "latest"):
     if restored is None:
         raise RunNotFound(f"{run_dir} has no restorable checkpoint yet")
     step, state, meta = restored
+    bad = _first_nonfinite(state["model"])
+    if bad is not None:
+        raise RunNotFound(f"checkpoint step {step} of {run_dir} holds non-finite parameters "
+                          f"({bad}): the run had diverged when it was saved; use an earlier "
+                          "checkpoint (--checkpoint best) or retrain")
     nnx.update(model, state["model"])
     tokenizer = _tokenizer(cfg, meta)
     return cfg, tokenizer, model, step
+
+
+def _first_nonfinite(state) -> str | None:
+    """The path of the first floating array holding NaN or inf, else None."""
+    import jax
+    import jax.numpy as jnp
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.isfinite(x).all()):
+            return jax.tree_util.keystr(tuple(path), simple=True, separator="/").removesuffix("/value")
+    return None
 
 
 def _tokenizer(cfg: Config, meta: dict):

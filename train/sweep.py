@@ -23,13 +23,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from train import run_lock
 
 POINT_FILE, DONE_FILE, MANIFEST = "sweep_point.json", "done.json", "sweep.json"
 
@@ -89,19 +91,13 @@ def parse_over(text: str) -> tuple[str, list[str]]:
     return resolve_key(key.strip()), vals
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")[:60] or "_"
-
-
 def point_names(keys: Sequence[str], combos: Sequence[Sequence[str]]) -> list[str]:
-    """Stable, filesystem-safe folder names: `energy-softmax__seed-0`. The last key part
-    names a key unless two keys share it; names that would collide get a short hash."""
-    leaves = [k.rsplit(".", 1)[-1] for k in keys]
-    labels = [leaf if leaves.count(leaf) == 1 else k for leaf, k in zip(leaves, keys)]
-    names = ["__".join(f"{_slug(lab)}-{_slug(v)}" for lab, v in zip(labels, combo)) or "run"
-             for combo in combos]
+    """Stable, filesystem-safe folder names: `energy-softmax__seed-0` (train.config.run_name);
+    names that would collide get a short hash."""
+    from train.config import run_name
+    names = [run_name(keys, combo) or "run" for combo in combos]
     for i, name in enumerate(names):
-        if names.count(name) > 1 or len(name) > 120:
+        if names.count(name) > 1:
             raw = "\n".join(f"{k}={v}" for k, v in zip(keys, combos[i]))
             names[i] = f"{name[:100]}__{hashlib.blake2b(raw.encode(), digest_size=3).hexdigest()}"
     return names
@@ -249,6 +245,10 @@ def run_sweep(points: list[Point], *, config: str | None = None, over=(), sets: 
 
     if processes <= 1:
         for i, p in todo:
+            if (busy := run_lock.holder(p.run_dir)) is not None:
+                finish(i, p, False, f"{p.run_dir} is being written by {run_lock.describe(busy)}",
+                       time.perf_counter())
+                continue
             log(f"[{i}/{n}] {p.name}: {'resuming' if _has_checkpoint(p.run_dir) else 'starting'} "
                 f"({', '.join(p.overrides) or 'no overrides'})")
             started = time.perf_counter()
@@ -263,9 +263,13 @@ def run_sweep(points: list[Point], *, config: str | None = None, over=(), sets: 
         while queue or running:
             while queue and len(running) < processes:
                 i, p = queue.pop(0)
+                if (busy := run_lock.holder(p.run_dir)) is not None:
+                    finish(i, p, False, f"{p.run_dir} is being written by {run_lock.describe(busy)}",
+                           time.perf_counter())
+                    continue
                 logf = open(p.run_dir / "train.log", "a")
-                proc = subprocess.Popen([sys.executable, "-m", "train.sweep", str(p.run_dir)],
-                                        stdout=logf, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen([sys.executable, "-m", "train.sweep", str(p.run_dir),
+                                         str(os.getpid())], stdout=logf, stderr=subprocess.STDOUT)
                 running[proc] = (i, p, logf, time.perf_counter())
                 log(f"[{i}/{n}] {p.name}: {'resuming' if _has_checkpoint(p.run_dir) else 'starting'} "
                     f"in process {proc.pid} (log: {p.run_dir / 'train.log'})")
@@ -284,6 +288,22 @@ def run_sweep(points: list[Point], *, config: str | None = None, over=(), sets: 
         + (f", {failed} failed" if failed else "") + f" in {time.perf_counter() - t0:.0f} s; "
         f"compare them with: energy-attn compare {out}")
     return points
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a sweep's child: the kernel sends it SIGTERM when the sweep process dies, however
+    it dies (kill -9 included), so no trainer outlives its sweep (Linux). Set here rather
+    than between fork and exec: the parent runs JAX threads, and forking them is unsafe.
+    A parent that died before this ran is noticed by the parent-pid check."""
+    try:
+        import ctypes
+        import signal
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        sys.exit("the sweep that started this run has exited")
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -311,7 +331,9 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
-if __name__ == "__main__":     # the subprocess entry of `--processes N`
+if __name__ == "__main__":     # the subprocess entry of `--processes N`: RUN_DIR PARENT_PID
+    if len(sys.argv) > 2:
+        die_with_parent(int(sys.argv[2]))
     try:
         run_point(sys.argv[1])
     except Exception as e:  # noqa: BLE001 -- one line for the parent's report
