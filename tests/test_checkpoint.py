@@ -276,7 +276,7 @@ def test_shape_mismatch_names_the_array_and_both_shapes_before_reading(tmp_path)
     model, opt, target = fresh_target()
     wider = dict(target, rng=jax.random.key(0))
     wider["model"] = nnx.state(Tiny(nnx.Rngs(0)))
-    wider["model"]["lin"]["kernel"].value = jnp.zeros((3, 9))
+    wider["model"]["lin"]["kernel"].set_value(jnp.zeros((3, 9)))
     with Checkpointer(tmp_path) as ckpt, warnings.catch_warnings():
         warnings.simplefilter("error")          # no fallback warnings: every checkpoint has this shape
         with pytest.raises(CheckpointMismatch) as e:
