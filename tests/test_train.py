@@ -39,6 +39,11 @@ def test_training_writes_everything_and_learns(tmp_path):
     assert (run / "checkpoints").is_dir()
     train_rows, val_rows = metrics(run), metrics(run, "val")
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.5     # byte-level: starts near log(257)
+    # the learning rate as the schedule gives it: warmup to 3e-3 over 2 steps, cosine after
+    from train.loop import learning_rate_schedule
+    lr_at = learning_rate_schedule(tiny(run, "optim.lr=3e-3").optim, 40)
+    assert [r["lr"] for r in train_rows] == pytest.approx([float(lr_at(r["step"] - 1)) for r in train_rows])
+    assert train_rows[0]["lr"] > train_rows[-1]["lr"] > 0
     assert {"loss", "perplexity", "bits_per_byte"} <= set(val_rows[-1])
     assert result.step == 40 and np.isfinite(result.val_loss)
 
@@ -156,6 +161,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                  f"data.path={small}", "data.seq_len=512", "model.max_seq_len=512"]) == 2
     err = capsys.readouterr().err
     assert "seq_len" in err and "Traceback" not in err
+
+
+def test_bench_train_recipe_times_the_whole_command(tmp_path):
+    import yaml
+    from train.bench_train import bench_recipe, format_recipe
+    config = tmp_path / "tiny.yaml"
+    cfg = {}
+    for item in TINY:
+        key, value = item.split("=", 1)
+        section, *rest = key.split(".")
+        node = cfg.setdefault(section, {})
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = yaml.safe_load(value)
+    config.write_text(yaml.safe_dump(cfg))
+    res = bench_recipe(str(config), ["train.steps=6"], log=lambda *_: None)
+    assert res["steps"] == 6 and 0 < res["first_step_s"] < res["wall_s"]
+    assert np.isfinite(res["val_loss"]) and res["median_tokens_per_s"] > 0
+    assert "first step after" in format_recipe(res)
 
 
 def test_bench_train_pairs_identical_models(tmp_path):

@@ -81,6 +81,42 @@ def bench_train(cfg: Config, *, steps: int = 60, rounds: int = 2,
     return res
 
 
+def bench_recipe(config: str, overrides=(), *, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """The whole `energy-attn train CONFIG` as a user runs it, in a child process with a fresh
+    run directory: wall time of the process, time to the first step, steps/s, final val loss.
+    (nanoGPT's side of the comparison is run by hand: see README, Benchmarks.)"""
+    import json
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "train.cli", "train", config, *overrides,
+               f"train.run_dir={tmp}/run", "logging.progress_bar=false"]
+        log("bench train --recipe: " + " ".join(cmd[2:]))
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"the recipe failed (exit {proc.returncode}): "
+                               f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        first = re.search(r"first step done ([\d.]+) s after start", proc.stdout)
+        rows = [json.loads(l) for l in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r.get("split", "train") == "train"]
+    val = [r["loss"] for r in rows if r.get("split") == "val"]
+    steps = train_rows[-1]["step"] if train_rows else 0
+    return {"wall_s": wall, "steps": steps, "first_step_s": float(first.group(1)) if first else None,
+            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_rows[1:] or train_rows),
+            "val_loss": val[-1] if val else None}
+
+
+def format_recipe(res: dict) -> str:
+    first = f"{res['first_step_s']:.1f} s" if res["first_step_s"] is not None else "?"
+    return (f"whole recipe: {res['wall_s']:.1f} s wall for {res['steps']} steps "
+            f"({res['steps'] / res['wall_s']:.2f} steps/s over the process), first step after {first}, "
+            f"median {res['median_tokens_per_s']:.0f} tokens/s, final val loss {res['val_loss']:.4f}")
+
+
 def format_report(res: dict) -> str:
     lines = [f"{'attention':<24}{'median ms/step':>16}{'min ms/step':>14}{'final loss':>12}"]
     for name in ("energy", "dot_product_attention"):

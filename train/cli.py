@@ -149,12 +149,18 @@ def _add_bench_train(sub):
     p.add_argument("--steps", type=positive_int, default=60, help="batches per pass (default 60)")
     p.add_argument("--rounds", type=positive_int, default=2,
                    help="passes over those batches; the two models take turns every step (default 2)")
+    p.add_argument("--recipe", action="store_true",
+                   help="instead, time the whole `energy-attn train CONFIG` in a child process: wall "
+                        "time, time to the first step, steps/s, final val loss")
     p.set_defaults(handler=_bench_train, prog=p.prog)
 
 
 def _bench_train(args):
     cfg = _load_config(args.config, args.overrides)
-    from train.bench_train import bench_train, format_report
+    from train.bench_train import bench_recipe, bench_train, format_recipe, format_report
+    if args.recipe:
+        print(format_recipe(bench_recipe(args.config, args.overrides)))
+        return 0
     try:
         res = bench_train(cfg, steps=args.steps, rounds=args.rounds)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

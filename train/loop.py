@@ -41,13 +41,18 @@ class TrainingDiverged(RuntimeError):
 # ------------------------------------------------------------------ pieces
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warmup then cosine decay to min_lr, and global-norm clipping.
-    Non-finite gradients never reach the parameters (apply_if_finite); the loop
-    then decides whether to stop or skip."""
-    schedule = optax.warmup_cosine_decay_schedule(
+def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to lr, then cosine decay to min_lr at total_steps."""
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
         decay_steps=max(total_steps, cfg.warmup_steps + 1), end_value=cfg.min_lr)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW on `learning_rate_schedule`, with global-norm clipping. Non-finite gradients
+    never reach the parameters (apply_if_finite); the loop then decides whether to stop or
+    skip."""
+    schedule = learning_rate_schedule(cfg, total_steps)
     # No weight decay on vectors (norm scales, biases), as in nanoGPT.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
@@ -95,26 +100,62 @@ def train_loss(model, batch):
     return loss_fn(model, batch, deterministic=False)   # dropout on
 
 
+def accumulated_step(model, optimizer, batch, grad_accum: int):
+    """One optimizer step on batch arrays shaped (grad_accum, micro_batch, T): the gradients
+    of the micro-batches are averaged, then applied. Returns (loss, gradient norm)."""
+    total_loss, total_grads = 0.0, None
+    for i in range(grad_accum):
+        micro = jax.tree.map(lambda x: x[i], batch)
+        loss, grads = nnx.value_and_grad(train_loss)(model, micro)
+        total_loss = total_loss + loss / grad_accum
+        scaled = jax.tree.map(lambda g: g / grad_accum, grads)
+        total_grads = scaled if total_grads is None else jax.tree.map(jnp.add, total_grads, scaled)
+    optimizer.update(model, total_grads)
+    return total_loss, optax.tree.norm(total_grads)
+
+
 def make_train_step(grad_accum: int, spec: SequenceSharding | None = None):
-    """The jitted step. Built per run: the sequence-sharding setting is read while
-    it traces, so a step traced for one mesh must not serve another."""
-    @nnx.jit
-    def jitted(model, optimizer, batch):
-        # batch arrays are (grad_accum, micro_batch, T): average the gradients.
-        total_loss, total_grads = 0.0, None
-        for i in range(grad_accum):
-            micro = jax.tree.map(lambda x: x[i], batch)
-            loss, grads = nnx.value_and_grad(train_loss)(model, micro)
-            total_loss = total_loss + loss / grad_accum
-            scaled = jax.tree.map(lambda g: g / grad_accum, grads)
-            total_grads = scaled if total_grads is None else jax.tree.map(jnp.add, total_grads, scaled)
-        optimizer.update(model, total_grads)
-        return total_loss, optax.tree.norm(total_grads)
+    """`step(model, optimizer, batch) -> (loss, grad_norm)` with nnx.jit: simple, and what
+    the benchmarks that swap models call. The trainer uses `TrainStep`, which is faster.
+    Built per run: the sequence-sharding setting is read while it traces, so a step traced
+    for one mesh must not serve another."""
+    jitted = nnx.jit(partial(accumulated_step, grad_accum=grad_accum))
 
     def train_step(model, optimizer, batch):
         with sequence_sharding(spec):
             return jitted(model, optimizer, batch)
     return train_step
+
+
+class TrainStep:
+    """The trainer's step: `accumulated_step` as one jax.jit of a pure function of the
+    model's and optimizer's state. The module graph is split once here; nnx.jit would walk
+    and rebuild it on every call, which costs a visible share of a small model's step.
+
+        step = TrainStep(model, optimizer, grad_accum, spec)
+        loss, grad_norm = step(batch)       # device arrays: reading them waits for the step
+        step.sync()                         # model and optimizer objects <- the current state
+    """
+
+    def __init__(self, model, optimizer, grad_accum: int = 1, spec: SequenceSharding | None = None):
+        self._objects = (model, optimizer)
+        self._spec = spec
+        graphdef, self.state = nnx.split(self._objects)
+
+        def pure(state, batch):
+            model, optimizer = nnx.merge(graphdef, state)
+            loss, grad_norm = accumulated_step(model, optimizer, batch, grad_accum)
+            return nnx.state((model, optimizer)), loss, grad_norm
+        self._jitted = jax.jit(pure)
+
+    def __call__(self, batch):
+        with sequence_sharding(self._spec):
+            self.state, loss, grad_norm = self._jitted(self.state, batch)
+        return loss, grad_norm
+
+    def sync(self) -> None:
+        """Before the model or optimizer objects are read (eval, checkpoint, samples)."""
+        nnx.update(self._objects, self.state)
 
 
 def make_eval_step(spec: SequenceSharding | None = None):
@@ -248,52 +289,81 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
             return to_global(batch, batch_sharding)
         return to_global(batch, NamedSharding(mesh, P("data", "seq")))
 
-    train_step = make_train_step(accum, spec)
+    train_step = TrainStep(model, optimizer, accum, spec)
     eval_step = make_eval_step(spec)
+    lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     bar = ProgressBar(cfg.train.steps, initial_step=start_step,
                       enabled=cfg.logging.progress_bar and main_process)
-    val_loss, loss = math.nan, math.nan
+    val_loss, loss, grad_norm = math.nan, math.nan, math.nan
     step = start_step
     skipped, skipped_in_a_row = 0, 0
+    # Losses stay on the device until a step that logs, evaluates or saves: reading one
+    # waits for its step, and a read every step would stop the host from preparing the next
+    # batch while the device computes. Non-finite steps are found there, in order; none can
+    # have reached a checkpoint (every save comes after such a read) or the parameters
+    # (apply_if_finite).
+    pending: list[tuple[int, jax.Array, jax.Array]] = []
+    timer_step, timer_t = start_step, time.perf_counter()
+
+    def settle() -> None:
+        nonlocal loss, grad_norm, skipped, skipped_in_a_row
+        for at, l, g in pending:
+            loss, grad_norm = float(l), float(g)
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                skipped_in_a_row = 0
+                continue
+            if cfg.train.on_nonfinite == "stop":
+                raise TrainingDiverged(
+                    f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {at}; "
+                    f"stopped without saving. {_kept(ckpt, run_dir)} "
+                    "(train.on_nonfinite=skip skips such steps instead)")
+            skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
+            if skipped_in_a_row >= cfg.train.max_skipped_steps:
+                raise TrainingDiverged(
+                    f"{skipped_in_a_row} steps in a row had a non-finite loss or gradient "
+                    f"(up to step {at}; train.max_skipped_steps={cfg.train.max_skipped_steps}); "
+                    f"stopped without saving. {_kept(ckpt, run_dir)}")
+            log(f"step {at}: non-finite loss/gradients, update skipped "
+                f"({skipped} so far, {skipped_in_a_row} in a row)")
+        pending.clear()
+
     try:
         while step < cfg.train.steps:
-            t0 = time.perf_counter()
             batch = put(next(train_batches), leading_accum=True)
-            loss, grad_norm = train_step(model, optimizer, batch)
-            loss, grad_norm = float(loss), float(grad_norm)   # syncs: we must see NaN at once
+            pending.append((step + 1, *train_step(batch)))
             step += 1
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                if cfg.train.on_nonfinite == "stop":
-                    raise TrainingDiverged(
-                        f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; "
-                        f"stopped without saving. {_kept(ckpt, run_dir)} "
-                        "(train.on_nonfinite=skip skips such steps instead)")
-                skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
-                if skipped_in_a_row >= cfg.train.max_skipped_steps:
-                    raise TrainingDiverged(
-                        f"{skipped_in_a_row} steps in a row had a non-finite loss or gradient "
-                        f"(up to step {step}; train.max_skipped_steps={cfg.train.max_skipped_steps}); "
-                        f"stopped without saving. {_kept(ckpt, run_dir)}")
-                log(f"step {step}: non-finite loss/gradients, update skipped "
-                    f"({skipped} so far, {skipped_in_a_row} in a row)")
-            else:
-                skipped_in_a_row = 0
-            tok_s = tokens_per_step / (time.perf_counter() - t0)
+            last = step == cfg.train.steps
+            log_now = step % cfg.logging.log_every == 0 or last
+            eval_now = step % cfg.train.eval_every == 0 or last
+            save_now = step % cfg.checkpoint.every == 0 or last
+            first = step == start_step + 1
+            if not (log_now or eval_now or save_now or first or len(pending) >= 10):
+                continue
+            settle()
+            if first:     # one early read: startup (data, model, compile) made visible
+                log(f"first step done {time.perf_counter() - t_start:.1f} s after start "
+                    "(data, model, compilation)")
+            tok_s = tokens_per_step * (step - timer_step) / (time.perf_counter() - timer_t)
             bar.update(step, loss, tok_s)
-            if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
-                metrics.log(step, {"loss": loss, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                                   "skipped_steps": skipped})
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            if log_now:
+                metrics.log(step, {"loss": loss, "grad_norm": grad_norm, "lr": float(lr_at(step - 1)),
+                                   "tokens_per_s": tok_s, "skipped_steps": skipped})
+            if eval_now or save_now:
+                train_step.sync()
+            if eval_now:
                 val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put, eval_step)
                 val = eval_metrics(val_loss, getattr(val_batches, "bytes_per_token", None))
                 metrics.log(step, val, split="val")
                 log(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
-            if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
+            if save_now:
                 ckpt.save(step, state=_checkpoint_state(model, optimizer),
                           meta={"step": step, "data": train_batches.state(),
                                 "tokenizer": tokenizer.to_dict() if hasattr(tokenizer, "to_dict") else None},
                           val_loss=val_loss if math.isfinite(val_loss) else None)
+            timer_step, timer_t = step, time.perf_counter()   # tokens/s counts training only
+        settle()
+        train_step.sync()
         if math.isnan(val_loss):      # resumed at the last step: nothing was evaluated
             val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put, eval_step)
         _write_samples(model, tokenizer, cfg, run_dir, log, write=main_process)
