@@ -215,10 +215,10 @@ def train(cfg: Config, *, log=print, allow_config_change: bool = False) -> RunRe
     main_process = jax.process_index() == 0
     if not main_process:                 # one voice: process 0 prints and writes the files
         log = lambda *_: None            # noqa: E731
-    changes = config_changes(run_dir, cfg)        # read-only: every process decides alike
-    check_changes(run_dir, changes, allow=allow_config_change)
     lock = RunLock(run_dir).acquire() if main_process else None
     try:
+        changes = config_changes(run_dir, cfg)    # read-only: every process decides alike
+        check_changes(run_dir, changes, allow=allow_config_change)
         return _train(cfg, run_dir, changes, allow_config_change, log, main_process, t_start)
     finally:
         if lock is not None:
