@@ -283,6 +283,10 @@ def test_shape_mismatch_names_the_array_and_both_shapes_before_reading(tmp_path)
             ckpt.restore_latest(wider)
     assert "checkpoint step 2" in str(e.value)
     assert "model/lin/kernel has shape (3, 8) there and (3, 9) here" in str(e.value)
+    wider["model"]["lin"]["kernel"].set_value(jnp.zeros((3, 8), jnp.bfloat16))
+    with Checkpointer(tmp_path) as ckpt, pytest.raises(CheckpointMismatch,
+                                                       match="dtype float32 there and bfloat16 here"):
+        ckpt.restore_latest(wider)
 
 
 def test_save_checks(tmp_path):

@@ -231,6 +231,10 @@ def check_fits(manifest: dict, target: Any, *, partial: bool, where: str) -> Non
             raise CheckpointMismatch(
                 f"{where} does not fit the current model: {path} has shape "
                 f"{tuple(saved[path]['shape'])} there and {tuple(leaf.shape)} here ({hint})")
+        if str(leaf.dtype) != saved[path]["dtype"]:
+            raise CheckpointMismatch(
+                f"{where} does not fit the current model: {path} has dtype "
+                f"{saved[path]['dtype']} there and {leaf.dtype} here ({hint})")
     if not partial:
         extra = [p for p in saved if p not in wanted]
         if extra:
