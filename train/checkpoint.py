@@ -173,7 +173,7 @@ def abstract_like(state):
 MANIFEST_FORMAT = 1
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
     """model/blocks/0/attn/q/kernel (nnx Variables flatten to a trailing /value: dropped)."""
     return jax.tree_util.keystr(tuple(path), simple=True, separator="/").removesuffix("/value")
 
@@ -209,7 +209,7 @@ def array_manifest(state: Any, meta: dict | None = None) -> dict:
     arrays = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         host = _host_bytes(leaf)
-        arrays[_path_str(path)] = {"shape": list(np.shape(leaf)), "dtype": str(leaf.dtype),
+        arrays[path_str(path)] = {"shape": list(np.shape(leaf)), "dtype": str(leaf.dtype),
                                    "blake2b": _digest(host)}
     out = {"format": MANIFEST_FORMAT, "arrays": arrays}
     if meta is not None:
@@ -221,7 +221,7 @@ def check_fits(manifest: dict, target: Any, *, partial: bool, where: str) -> Non
     """Raise CheckpointMismatch naming the first array whose presence or shape differs
     between the checkpoint (its manifest) and the restore target."""
     saved = manifest["arrays"]
-    wanted = {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+    wanted = {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
     hint = "the config changed since this checkpoint was written"
     for path, leaf in wanted.items():
         if path not in saved:
@@ -246,7 +246,7 @@ def verify(manifest: dict, state: Any, meta: dict | None, *, where: str) -> None
     """Raise ChecksumMismatch if a restored array (or meta) differs from what was saved."""
     saved = manifest["arrays"]
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        name = _path_str(path)
+        name = path_str(path)
         if _digest(_host_bytes(leaf)) != saved[name]["blake2b"]:
             raise ChecksumMismatch(f"array {name} of {where} does not match its checksum")
     if meta is not None and "meta" in manifest and _meta_digest(meta) != manifest["meta"]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from flax import nnx
 
 from models import build_model
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, path_str
 from train.config import Config, load_config
 from train.tokenizer import CharTokenizer, build_tokenizer
 
@@ -47,7 +47,7 @@ def _first_nonfinite(state) -> str | None:
     import jax.numpy as jnp
     for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
         if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.isfinite(x).all()):
-            return jax.tree_util.keystr(tuple(path), simple=True, separator="/").removesuffix("/value")
+            return path_str(path)
     return None
 
 
