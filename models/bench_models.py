@@ -118,13 +118,22 @@ def compile_step(cfg: ModelConfig, *, batch: int):
 
 def bench_models(*, models=ZOO, lengths=LENGTHS, d_model: int = 128, num_layers: int = 3,
                  num_heads: int = 4, batch: int = 1, block_len: int = 64, variant: str = "mh",
-                 repeats: int = 3, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+                 repeats: int = 3, configs: dict[str, ModelConfig] | None = None,
+                 log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    """`configs` ({model name: ModelConfig}, e.g. the shipped YAML files) replaces the
+    zoo shapes: each config is measured as it is, at max_seq_len = T."""
+    if configs is not None:
+        models = list(configs)
     for t in lengths:
-        if t % block_len:
+        if configs is None and t % block_len:
             raise ValueError(f"--lengths: {t} is not a multiple of --block-len={block_len} (the BST's block)")
+        if configs is not None and "bst" in configs and t % configs["bst"].bst.block_len:
+            raise ValueError(f"--lengths: {t} is not a multiple of the BST config's "
+                             f"block length {configs['bst'].bst.block_len}")
     shape = dict(d_model=d_model, num_layers=num_layers, num_heads=num_heads, block_len=block_len,
                  variant=variant)
     res = {"settings": dict(**shape, batch=batch, repeats=repeats,
+                            shapes="zoo shapes" if configs is None else "the given configs",
                             timing="fastest of the rounds, each round one step at every length",
                             memory="XLA memory_analysis(): temp + argument bytes of the compiled step",
                             device=str(jax.devices()[0].platform)),
@@ -134,11 +143,14 @@ def bench_models(*, models=ZOO, lengths=LENGTHS, d_model: int = 128, num_layers:
             log(f"[bench models] {name}: not registered here, skipped")
             res["missing"].append(name)
             continue
-        configs = {t: zoo_config(name, t, **shape) for t in lengths}
-        res["params"][name] = parameter_count(configs[lengths[0]])
+        if configs is None:
+            configs_at = {t: zoo_config(name, t, **shape) for t in lengths}
+        else:
+            configs_at = {t: configs[name].replace(max_seq_len=t) for t in lengths}
+        res["params"][name] = parameter_count(configs_at[lengths[0]])
         runs, rows = {}, {}
         res["models"][name] = rows
-        for t, cfg in configs.items():
+        for t, cfg in configs_at.items():
             t0 = time.perf_counter()
             runs[t] = compile_step(cfg, batch=batch)
             log(f"[bench models] {name:12s} T={t:6d}: compiled, memory {_mib(runs[t][1])} "
@@ -201,8 +213,10 @@ def _mib(n):
 
 def format_report(res: dict) -> str:
     s = res["settings"]
-    lines = [f"train step (fwd+bwd+AdamW), width {s['d_model']}, {s['num_layers']} transformer layers, "
-             f"heads={s['num_heads']}, batch={s['batch']}, bst {s['variant']} W={s['block_len']}; "
+    shape = (f"width {s['d_model']}, {s['num_layers']} transformer layers, heads={s['num_heads']}, "
+             f"bst {s['variant']} W={s['block_len']}" if s.get("shapes", "zoo shapes") == "zoo shapes"
+             else "models as in the given configs")
+    lines = [f"train step (fwd+bwd+AdamW), {shape}, batch={s['batch']}; "
              f"{s['repeats']} rounds; time = {s['timing']}; memory = {s['memory']}", ""]
     base = res["params"].get("transformer")
     for name, count in res["params"].items():
@@ -215,6 +229,14 @@ def format_report(res: dict) -> str:
         cells = [f"{rows[t]['step_s'] * 1e3:8.1f} ms {_mib(rows[t]['memory_bytes'])}" if t in rows
                  else f"{'-':>20s}" for t in lengths]
         lines.append(f"{name:12s} " + " ".join(f"{c:>20s}" for c in cells))
+    base_rows = res["models"].get("transformer", {})
+    for name, rows in res["models"].items():
+        if name == "transformer" or not base_rows:
+            continue
+        cells = [f"{rows[t]['step_s'] / base_rows[t]['step_s']:.2f}x" if t in rows and t in base_rows
+                 else "-" for t in lengths]
+        lines.append(f"{name + '/tr':12s} " + " ".join(f"{c:>20s}" for c in cells)
+                     + "   (step time over the transformer's)")
     for name in res["missing"]:
         lines.append(f"{name:12s} not registered in this checkout: skipped")
     g = res["growth"]

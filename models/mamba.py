@@ -17,7 +17,10 @@ Scans (all in float32, whatever the compute dtype):
   `jax.checkpoint`: only one chunk's (B, L, D_inner, N) expansion is ever live,
   in the forward and in the backward pass.
 - `ssd_scan` (Mamba-2): A = a_h·I per head, so the intra-chunk part is a masked
-  matmul (C_t·B_s)·exp(Σ_{s<r≤t} Δ_r a) and chunks pass a (H, P, N) state.
+  matmul (C_t·B_s)·exp(Σ_{s<r≤t} Δ_r a), computed for all chunks at once; only the
+  (H, P, N) states the chunks pass on form a recurrence (an associative scan).
+  Short chunks are fastest on CPU: a train step of configs/zamba_small.yaml takes
+  ~0.85x the time at chunk_size 16 that it takes at 64 (T = 2k, batch 1).
 - `selective_step` / `ssd_step`: one token, for decoding.
 Under `energy_attn.sequence_sharding` (mesh.seq > 1) the conv and the scan run
 sharded, with a carry exchange between devices (models/mamba_sharding.py).
@@ -139,38 +142,52 @@ def selective_step(h, x, dt, A, B, C, D):
 def ssd_scan(x, dt, a, B, C, D, *, h0=None, starts=None, chunk_size: int = 64):
     """Mamba-2 SSD, chunked. x (B, T, H, P); dt (B, T, H); a (H,), negative; B, C (B, T, N)
     (one group shared by all heads); D (H,); h0 (B, H, P, N).
-    Returns (y (B, T, H, P), h_T (B, H, P, N))."""
+    Returns (y (B, T, H, P), h_T (B, H, P, N)).
+
+    Every chunk is computed at once (batched matmuls over a leading chunk axis); only
+    the (H, P, N) states passed between chunks form a recurrence, a short
+    `associative_scan` of elementwise ops. Measured on CPU, forward + backward at
+    T = 2048, H = 6, P = 32, N = 16: 55 ms as a `lax.scan` over 64-token chunks,
+    34-44 ms vectorised at chunk 64, 15-17 ms vectorised at chunk 16.
+    """
     batch, length, heads, p = x.shape
     n = B.shape[-1]
     h0 = jnp.zeros((batch, heads, p, n), jnp.float32) if h0 is None else h0
     starts = jnp.zeros((batch, length), bool) if starts is None else starts
     chunk = min(chunk_size, length)
-    (xc, dtc, Bc, Cc, sc), _ = _chunk((x, dt, B, C, starts), length, chunk)
+    # Leading axis c = chunk index: x (c, B, L, H, P), dt (c, B, L, H), B/C (c, B, L, N), s (c, B, L).
+    (x_, dt_, B_, C_, s_), _ = _chunk((x, dt, B, C, starts), length, chunk)
     causal = jnp.tril(jnp.ones((chunk, chunk), bool))
 
-    @jax.checkpoint
-    def one_chunk(h, inputs):
-        x_, dt_, B_, C_, s_ = inputs
-        cum = jnp.cumsum(dt_ * a, axis=1)                            # (B, L, H) log-decay so far
-        docs = jnp.cumsum(s_, axis=1)                                # starts seen in this chunk
-        # s feeds t iff s <= t and no document starts in (s, t].
-        same = causal & (docs[:, :, None] == docs[:, None, :])       # (B, t, s)
-        gap = cum[:, :, None, :] - cum[:, None, :, :]                # (B, t, s, H)
-        decay = jnp.where(same[..., None], jnp.exp(jnp.where(same[..., None], gap, 0.0)), 0.0)
-        weights = jnp.einsum("btn,bsn->bts", C_, B_)[..., None] * decay * dt_[:, None]
-        y = jnp.einsum("btsh,bshp->bthp", weights, x_)
-        # The carried state reaches t if no document started in the chunk up to t.
-        carry_in = jnp.exp(cum) * (docs == 0)[..., None]             # (B, L, H)
-        y = y + jnp.einsum("btn,bhpn->bthp", C_, h) * carry_in[..., None]
-        # The new state: positions of the chunk's last document, decayed to its end.
-        last = cum[:, -1]                                            # (B, H)
-        tail = jnp.exp(last[:, None] - cum) * (docs == docs[:, -1:])[..., None] * dt_
-        h = (h * (jnp.exp(last) * (docs[:, -1] == 0)[:, None])[..., None, None]
-             + jnp.einsum("bsh,bshp,bsn->bhpn", tail, x_, B_))
-        return h, y
+    cum = jnp.cumsum(dt_ * a, axis=2)                                # log-decay so far in the chunk
+    docs = jnp.cumsum(s_, axis=2)                                    # starts seen in the chunk so far
+    # Within a chunk, s feeds t iff s <= t and no document starts in (s, t]. Heads go
+    # before (t, s): the (t, s) matrices stay contiguous, which makes the backward pass
+    # of this part ~20% faster on CPU than with heads last.
+    same = (causal & (docs[..., :, None] == docs[..., None, :]))[:, :, None]    # (c, B, 1, t, s)
+    cum_h = jnp.moveaxis(cum, -1, 2)                                 # (c, B, H, L)
+    gap = cum_h[..., :, None] - cum_h[..., None, :]                  # (c, B, H, t, s)
+    decay = jnp.where(same, jnp.exp(jnp.where(same, gap, 0.0)), 0.0)
+    weights = (jnp.einsum("cbtn,cbsn->cbts", C_, B_)[:, :, None] * decay
+               * jnp.moveaxis(dt_, -1, 2)[..., None, :])
+    y = jnp.einsum("cbhts,cbshp->cbthp", weights, x_)
 
-    h, y = jax.lax.scan(one_chunk, h0, (xc, dtc, Bc, Cc, sc))
-    return _unchunk(y, length) + x * D[:, None], h
+    # Each chunk's own end state: positions of its last document, decayed to its end;
+    # and how much of the incoming state survives the chunk (none if a document starts in it).
+    last = cum[:, :, -1]                                             # (c, B, H)
+    tail = jnp.exp(last[:, :, None] - cum) * (docs == docs[..., -1:])[..., None] * dt_
+    local = jnp.einsum("cbsh,cbshp,cbsn->cbhpn", tail, x_, B_)
+    keep = (jnp.exp(last) * (docs[..., -1] == 0)[..., None])[..., None, None]
+    # h_c = keep_c * h_{c-1} + local_c over the chunks, starting from h0.
+    local = local.at[0].add(keep[0] * h0)
+    combine = lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1])          # noqa: E731
+    _, ends = jax.lax.associative_scan(combine, (keep, local), axis=0)
+    incoming = jnp.concatenate([h0[None], ends[:-1]], axis=0)       # the state entering each chunk
+
+    # The incoming state reaches t if no document started in the chunk up to t.
+    carry_in = jnp.exp(cum) * (docs == 0)[..., None]                 # (c, B, L, H)
+    y = y + jnp.einsum("cbtn,cbhpn->cbthp", C_, incoming) * carry_in[..., None]
+    return _unchunk(y, length) + x * D[:, None], ends[-1]
 
 
 def ssd_step(h, x, dt, a, B, C, D):

@@ -335,3 +335,27 @@ def test_decode_benchmark_runs_and_its_cache_does_not_grow_with_max_len():
     assert rows[0]["cache_bytes"] == rows[1]["cache_bytes"]
     assert all(r["recompute_s"] > 0 and r["recurrent_s"] > 0 for r in rows)
     assert "ms/token" in lines[0]
+
+
+def test_bench_models_measures_config_files_as_they_are(capsys, tmp_path):
+    """--configs: the shipped files' models, at each --lengths, with the ratio to the transformer."""
+    from train.cli import main
+    small = {"transformer": "model: {name: transformer, d_model: 16, num_layers: 1, num_heads: 2}\n",
+             "zamba": ("model: {name: zamba, d_model: 16, num_layers: 2, num_heads: 2,\n"
+                       "        ssm: {kind: mamba2, state_dim: 4, head_dim: 8, chunk_size: 8}}\n")}
+    paths = []
+    for name, text in small.items():
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(text)
+    out_json = tmp_path / "bench.json"
+    code = main(["bench", "models", "--configs", ",".join(map(str, paths)), "--lengths", "32,64",
+                 "--repeats", "1", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert code == 0 and "models as in the given configs" in out
+    assert "zamba/tr" in out                      # the ratio row
+    res = json.loads(out_json.read_text())
+    assert set(res["models"]) == {"transformer", "zamba"}
+    assert set(res["models"]["zamba"]) == {"32", "64"}
+    # Two files of one model are refused in one line.
+    assert main(["bench", "models", "--configs", f"{paths[0]},{paths[0]}"]) == 2
+    assert "two configs of model 'transformer'" in capsys.readouterr().err

@@ -296,6 +296,9 @@ def _add_bench_models(sub):
     p.add_argument("--variant", default="mh", choices=("sh", "mh", "mf"), help="BST variant (default mh)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="timed rounds over the lengths after compile (default 3)")
+    p.add_argument("--configs", type=name_list, default=None, metavar="A.yaml,B.yaml",
+                   help="measure these config files' models as they are (one per model name, e.g. "
+                        "configs/transformer_small.yaml,configs/zamba_small.yaml) instead of the zoo shapes")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.set_defaults(handler=_bench_models, prog=p.prog)
 
@@ -310,11 +313,12 @@ def _bench_models(args):
             close = difflib.get_close_matches(name, list(MODELS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise CLIError(f"--models: unknown model {name!r}.{hint} Registered: {', '.join(sorted(MODELS))}")
+    configs = _model_configs(args.configs) if args.configs else None
     try:
         res = bench_models(models=args.models or ZOO, lengths=args.lengths or LENGTHS,
                            d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
                            batch=args.batch, block_len=args.block_len, variant=args.variant,
-                           repeats=args.repeats)
+                           repeats=args.repeats, configs=configs)
     except ValueError as e:
         raise CLIError(str(e)) from None
     print(format_report(res), flush=True)
@@ -323,6 +327,23 @@ def _bench_models(args):
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2, default=str)
     return 0
+
+
+def _model_configs(paths) -> dict:
+    """{model name: ModelConfig} from config files, vocabulary from their tokenizer."""
+    from train.config import load_config
+    from train.tokenizer import ByteTokenizer
+    out = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            raise CLIError(f"--configs: no file {path!r}")
+        cfg = load_config(path)
+        if cfg.model.name in out:
+            raise CLIError(f"--configs: two configs of model {cfg.model.name!r}; compare them in two runs")
+        # Step time hardly depends on the vocabulary: the byte tokenizer's for every config.
+        cfg.model.vocab_size = ByteTokenizer.vocab_size
+        out[cfg.model.name] = cfg.model
+    return out
 
 
 # ------------------------------------------------------------------ train / eval / sample
