@@ -14,8 +14,8 @@ and its ratio to the transformer's): with width d and L = `num_layers`,
     zamba        2L Mamba-2 layers of width 5d/8 and ONE application of the shared
                  attention block (shared_every = 2L): at L = 3 that is Zamba's six
                  Mamba layers per shared block; Mamba-2 (SSD) because Mamba-1's elementwise scan
-                 is 4x slower on CPU (`python -c "from models.mamba import benchmark_layers;
-                 benchmark_layers()"`).
+                 is 4x slower on CPU (`python -c "from models.bench_models import
+                 mamba_layers; mamba_layers()"`).
 
 Time: one train step = forward + backward + AdamW, jitted once per (model, T). The
 lengths of one model are timed in interleaved rounds (T1, T2, ..., T1, T2, ...), so a
@@ -42,6 +42,8 @@ import optax
 from flax import nnx
 
 from .config import BSTConfig, ModelConfig, SSMConfig, ZambaConfig
+from .bst import BlockStateTransformer
+from .mamba import Mamba1, Mamba2
 from .registry import MODELS, build_model
 
 ZOO = ("transformer", "zamba", "bst")
@@ -263,3 +265,67 @@ def format_report(res: dict) -> str:
     if not others:
         lines.append(f"  (needs the transformer and another model at T={v['length']})")
     return "\n".join(lines)
+
+
+def mamba_layers(lengths=(4096, 16384), d_model: int = 128, repeats: int = 3):
+    """Print fwd+bwd seconds of one Mamba-1 and one Mamba-2 layer (batch 1, default
+    sizes), measured side by side in one run:
+        python -c "from models.bench_models import mamba_layers; mamba_layers()"
+    """
+    for length in lengths:
+        x = jax.random.normal(jax.random.key(0), (1, length, d_model))
+        row = []
+        for cls in (Mamba1, Mamba2):
+            layer = cls(d_model, rngs=nnx.Rngs(0))
+            step = nnx.jit(nnx.grad(lambda m, x: (m(x) ** 2).mean()))
+            jax.block_until_ready(step(layer, x))            # compile
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                jax.block_until_ready(step(layer, x))
+            row.append((time.perf_counter() - t0) / repeats)
+        print(f"T={length:6d}  mamba1 {row[0]:.3f} s  mamba2 {row[1]:.3f} s  "
+              f"(mamba1 / mamba2 = {row[0] / row[1]:.2f})", flush=True)
+
+
+def bst_decode(max_lens=(1024, 4096), variants=("mh", "sh"), d_model: int = 128,
+                     num_layers: int = 4, steps: int = 20, log=print) -> list[dict]:
+    """Per-token decode time, side by side in one run: the recurrent cache against
+    re-running the forward pass over a max_len token history for every token (what a
+    cache-less BST must do). Batch 1, one jitted call per token:
+        python -c "from models.bench_models import bst_decode; bst_decode()"
+    """
+    def per_call(fn, n):
+        jax.block_until_ready(fn())                                  # compile and warm up
+        t0 = time.perf_counter()
+        for _ in range(n):
+            jax.block_until_ready(fn())
+        return (time.perf_counter() - t0) / n
+
+    rows = []
+    for variant in variants:
+        cfg = ModelConfig(name="bst", vocab_size=256, max_seq_len=max(max_lens), d_model=d_model,
+                          num_layers=num_layers, num_heads=4, bst=BSTConfig(variant=variant, block_len=64))
+        graphdef, state = nnx.split(BlockStateTransformer(cfg, rngs=nnx.Rngs(0)))
+
+        @jax.jit
+        def recompute(state, history, index, token):
+            history = jax.lax.dynamic_update_slice(history, token, (0, index))
+            return jax.lax.dynamic_slice_in_dim(nnx.merge(graphdef, state).forward(history), index, 1, axis=1)
+
+        @jax.jit
+        def recurrent(state, token, cache):
+            return nnx.merge(graphdef, state)(token, cache=cache)
+
+        token = jnp.ones((1, 1), jnp.int32)
+        for max_len in max_lens:
+            history = jnp.zeros((1, max_len), jnp.int32)
+            cache = nnx.merge(graphdef, state).init_cache(1, max_len)
+            old = per_call(lambda: recompute(state, history, jnp.int32(max_len // 2), token), steps)
+            new = per_call(lambda: recurrent(state, token, cache), steps)
+            size = sum(x.nbytes for x in jax.tree.leaves(cache))
+            rows.append(dict(variant=variant, max_len=max_len, recompute_s=old, recurrent_s=new,
+                             cache_bytes=size))
+            log(f"bst {variant} d={d_model} L={num_layers} W=64 max_len={max_len:5d}: recompute "
+                f"{old * 1e3:7.2f} ms/token | recurrent cache {new * 1e3:5.2f} ms/token "
+                f"({old / new:5.1f}x faster) | cache {size / 1024:.0f} KiB")
+    return rows

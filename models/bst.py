@@ -87,9 +87,11 @@ from flax import nnx
 import energy_attn as ea
 from energy_attn.sequence_sharding import current_sequence_sharding, sequence_sharding
 
+from . import bst_sharding
 from .config import BSTConfig, ModelConfig
 from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
 from .registry import register_model
+from .s4d import chunked_ssm_outputs, fft_causal_conv, ssm_block_ends
 
 Array = Any
 VARIANTS = ("sh", "mh", "mf")
@@ -133,93 +135,6 @@ def num_states(b: BSTConfig) -> int:
 
 
 # --------------------------------------------------------------------------- SSM
-
-
-def fft_causal_conv(u, kernel):
-    """y[t] = Σ_{s<=t} kernel[t-s] u[s], by FFT in float32.
-    u: (B, T, C); kernel: (F, C, T) -> (B, T, F, C). Zero-padding to 2T keeps the
-    circular convolution from wrapping the end of the sequence onto its start."""
-    length = u.shape[1]
-    n = 2 * length
-    uf = jnp.fft.rfft(u.astype(jnp.float32), n=n, axis=1)               # (B, n/2+1, C)
-    kf = jnp.fft.rfft(kernel.astype(jnp.float32), n=n, axis=-1)         # (F, C, n/2+1)
-    y = jnp.fft.irfft(uf[:, :, None, :] * jnp.moveaxis(kf, -1, 0)[None], n=n, axis=1)
-    return y[:, :length]
-
-
-def ssm_conv_reference(u, kernel):
-    """The direct O(T²) causal convolution that `fft_causal_conv` must equal."""
-    length = u.shape[1]
-    lag = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]        # t - s
-    toeplitz = jnp.where(lag >= 0, kernel[..., jnp.clip(lag, 0)], 0.0)     # (F, C, T, T)
-    return jnp.einsum("fcts,bsc->btfc", toeplitz, u.astype(jnp.float32))
-
-
-def lower_toeplitz(taps):
-    """(..., L) -> (..., L, L) with M[i, j] = taps[i - j] for i >= j, else 0. Built by
-    tiling [taps, 0...] and re-reading it with row stride 2L - 1 (each row shifts by
-    one), so its gradient is a sum of slices rather than a scatter (slow on CPU)."""
-    length = taps.shape[-1]
-    padded = jnp.concatenate([taps, jnp.zeros_like(taps)], axis=-1)            # (..., 2L)
-    tiled = jnp.tile(padded, (1,) * (taps.ndim - 1) + (length,))[..., :length * (2 * length - 1)]
-    rows = tiled.reshape(*taps.shape[:-1], length, 2 * length - 1)[..., :length]   # rows[j, i] = taps[i-j]
-    return jnp.swapaxes(rows, -1, -2)
-
-
-def chunked_ssm_outputs(u, log_decay, weight, *, chunk: int, last: int, initial=None,
-                        with_final: bool = False):
-    """The S4D convolution y[t] = Σ_{s<=t} K[t-s] u[s], K[l] = 2·Re Σ_n w_n λ_n^l
-    (λ = e^{log_decay}), at the `last` final positions of every chunk of `chunk`
-    positions only: (B, T/chunk, last, F, C) float32. T must be a multiple of chunk.
-    initial: (B, F, C, N/2) complex state before the first position (default zeros);
-    with_final: also return the state after the last position.
-
-    It runs the recurrence x_t = λ x_{t-1} + u_t, y_t = 2·Re Σ_n w_n x_t chunk by chunk:
-      state:   each chunk's end state from its own inputs, Σ_j λ^{L-1-j} u_j (one
-               matmul), carried across chunks by h_k = λ^L h_{k-1} + s_k (a scan over
-               T/L steps of (B, F, C, N/2));
-      output:  at position i of chunk k, 2·Re Σ_n w_n λ^{i+1} h_{k-1} from the carried
-               state, plus Σ_{j<=i} K[i-j] u_j inside the chunk (rows of a Toeplitz
-               matmul with the kernel's first L taps).
-    Work per channel and filter is O(T·(N + last)) and linear in T. The BST reads the
-    SSM only at the end of each block (mh: last = 1, mf: last = S/F; sh reads every
-    position, last = L), so with chunk = the block it never forms the full output."""
-    batch, length, channels = u.shape
-    if length % chunk or not 1 <= last <= chunk:
-        raise ValueError(f"length {length} must be a multiple of chunk {chunk}, and 1 <= last={last} <= chunk")
-    num_chunks, modes = length // chunk, log_decay.shape[-1]
-    u = u.astype(jnp.float32).reshape(batch, num_chunks, chunk, channels)
-    power = jnp.exp(log_decay[..., None] * jnp.arange(chunk))                  # λ^l: (F, C, N/2, L)
-
-    # End states as real pairs: one matmul against [Re λ^{L-1-j}, Im λ^{L-1-j}].
-    to_end = power[..., ::-1]
-    ends = jnp.einsum("fcnj,bkjc->kbfcn", jnp.concatenate([to_end.real, to_end.imag], 2), u)
-    ends = ends[..., :modes] + 1j * ends[..., modes:]                           # (K, B, F, C, N/2)
-    chunk_decay = jnp.exp(log_decay * chunk)
-
-    def carry(h, end):                     # h: the state entering this chunk
-        return chunk_decay * h + end, h
-    initial = jnp.zeros_like(ends[0]) if initial is None else initial.astype(ends.dtype)
-    final, entering = jax.lax.scan(carry, initial, ends)                       # (K, B, F, C, N/2)
-
-    # Read out at the last `last` positions i = L-last .. L-1.
-    at = power[..., chunk - last:] * jnp.exp(log_decay)[..., None]             # λ^{i+1}
-    readout = weight[..., None] * at                                            # (F, C, N/2, last)
-    y = 2.0 * jnp.einsum("fcni,kbfcn->bkifc", jnp.concatenate([readout.real, -readout.imag], 2),
-                         jnp.concatenate([entering.real, entering.imag], -1))
-    taps = 2.0 * jnp.einsum("fcn,fcnl->fcl", weight, power).real                # K[0 .. L-1]
-    rows = lower_toeplitz(taps)[..., chunk - last:, :]                          # (F, C, last, L)
-    y = y + jnp.einsum("fcij,bkjc->bkifc", rows, u)
-    return (y, final) if with_final else y
-
-
-def ssm_block_ends(u, log_decay, weight, skip, *, block_len: int, last: int, initial=None):
-    """The chunked S4D's outputs, skip term included, at the last `last` positions of each
-    block: (B, T, C) -> (B, T/W, last, F, C) fp32. initial: the state before u (zeros)."""
-    batch, length, channels = u.shape
-    y = chunked_ssm_outputs(u, log_decay, weight, chunk=block_len, last=last, initial=initial)
-    u_last = u.reshape(batch, length // block_len, block_len, channels)[:, :, block_len - last:]
-    return y + u_last.astype(jnp.float32)[:, :, :, None, :] * skip
 
 
 class DiagonalSSM(nnx.Module):
@@ -348,11 +263,10 @@ class BSTLayer(nnx.Module):
         batch = x.shape[0]
         spec = current_sequence_sharding()
         if spec is not None:       # the SSM carries its state across devices (models/bst_sharding.py)
-            from .bst_sharding import sharded_context_states
             if self.ssm.conv != "chunked":
                 raise ValueError(f"model.bst.conv={self.ssm.conv!r} cannot be sequence-sharded; "
                                  "use model.bst.conv=chunked (the default) with mesh.seq > 1")
-            states = sharded_context_states(self.ssm_norm(x), *self.ssm.modes(), self.ssm.skip[...],
+            states = bst_sharding.sharded_context_states(self.ssm_norm(x), *self.ssm.modes(), self.ssm.skip[...],
                                             self.context_init[...], block_len=self.block_len,
                                             last=self.ends_read(), spec=spec)
             return (states + self.context_ids[...]).astype(x.dtype)
@@ -502,8 +416,7 @@ class BlockStateTransformer(nnx.Module):
         length = tokens.shape[1]
         spec = current_sequence_sharding()
         if spec is not None:       # no padding then: every device must hold whole blocks
-            from .bst_sharding import check_sharded_length
-            check_sharded_length(length, self.block_len, spec)
+            bst_sharding.check_sharded_length(length, self.block_len, spec)
         pad = -length % self.block_len          # padding at the end is invisible to earlier tokens
         tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
         if segment_ids is not None and self.segment_mask:
@@ -525,52 +438,3 @@ class BlockStateTransformer(nnx.Module):
 @register_model("bst")
 def _build_bst(cfg: ModelConfig, *, rngs: nnx.Rngs) -> BlockStateTransformer:
     return BlockStateTransformer(cfg, rngs=rngs)
-
-
-# --------------------------------------------------------------------------- benchmark
-
-
-def benchmark_decode(max_lens=(1024, 4096), variants=("mh", "sh"), d_model: int = 128,
-                     num_layers: int = 4, steps: int = 20, log=print) -> list[dict]:
-    """Per-token decode time, side by side in one run: the recurrent cache against
-    re-running the forward pass over a max_len token history for every token (what a
-    cache-less BST must do). Batch 1, one jitted call per token:
-        python -c "from models.bst import benchmark_decode; benchmark_decode()"
-    """
-    import time
-
-    def per_call(fn, n):
-        jax.block_until_ready(fn())                                  # compile and warm up
-        t0 = time.perf_counter()
-        for _ in range(n):
-            jax.block_until_ready(fn())
-        return (time.perf_counter() - t0) / n
-
-    rows = []
-    for variant in variants:
-        cfg = ModelConfig(name="bst", vocab_size=256, max_seq_len=max(max_lens), d_model=d_model,
-                          num_layers=num_layers, num_heads=4, bst=BSTConfig(variant=variant, block_len=64))
-        graphdef, state = nnx.split(BlockStateTransformer(cfg, rngs=nnx.Rngs(0)))
-
-        @jax.jit
-        def recompute(state, history, index, token):
-            history = jax.lax.dynamic_update_slice(history, token, (0, index))
-            return jax.lax.dynamic_slice_in_dim(nnx.merge(graphdef, state).forward(history), index, 1, axis=1)
-
-        @jax.jit
-        def recurrent(state, token, cache):
-            return nnx.merge(graphdef, state)(token, cache=cache)
-
-        token = jnp.ones((1, 1), jnp.int32)
-        for max_len in max_lens:
-            history = jnp.zeros((1, max_len), jnp.int32)
-            cache = nnx.merge(graphdef, state).init_cache(1, max_len)
-            old = per_call(lambda: recompute(state, history, jnp.int32(max_len // 2), token), steps)
-            new = per_call(lambda: recurrent(state, token, cache), steps)
-            size = sum(x.nbytes for x in jax.tree.leaves(cache))
-            rows.append(dict(variant=variant, max_len=max_len, recompute_s=old, recurrent_s=new,
-                             cache_bytes=size))
-            log(f"bst {variant} d={d_model} L={num_layers} W=64 max_len={max_len:5d}: recompute "
-                f"{old * 1e3:7.2f} ms/token | recurrent cache {new * 1e3:5.2f} ms/token "
-                f"({old / new:5.1f}x faster) | cache {size / 1024:.0f} KiB")
-    return rows

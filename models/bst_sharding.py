@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from energy_attn.sequence_sharding import SequenceSharding
 from energy_attn.tree.layout import check_layout
 
-from .bst import chunked_ssm_outputs, ssm_block_ends
+from .s4d import chunked_ssm_outputs, ssm_block_ends
 from .sequence_pieces import (carry_across_pieces, from_previous_piece, is_first_device, piece_length,
                               rows, shard_map, split_pieces)
 

@@ -1,5 +1,5 @@
 """Mamba layers, the Zamba hybrid's backbone: Mamba-1 (selective scan) and
-Mamba-2 (SSD, chunked). One pure scan function per mode, plus the modules.
+Mamba-2 (SSD, chunked): the mixers and the residual block.
 
     mixer = Mamba1(d_model=128, rngs=nnx.Rngs(0))          # or Mamba2(..., head_dim=32)
     y = mixer(x)                                            # (B, T, d) -> (B, T, d)
@@ -10,22 +10,14 @@ Mamba-2 (SSD, chunked). One pure scan function per mode, plus the modules.
 
     block = MambaBlock(cfg, rngs=nnx.Rngs(0))               # x + mixer(norm(x)), kind from cfg.ssm.kind
 
-Scans (all in float32, whatever the compute dtype):
-- `selective_scan` (Mamba-1): h_t = exp(Δ_t A) ⊙ h_t-1 + Δ_t x_t B_t, y_t = C_t·h_t + D x_t,
-  A diagonal (D_inner, N). `jax.lax.associative_scan` inside chunks of
-  `chunk_size`, `lax.scan` over chunks carrying h, each chunk under
-  `jax.checkpoint`: only one chunk's (B, L, D_inner, N) expansion is ever live,
-  in the forward and in the backward pass.
-- `ssd_scan` (Mamba-2): A = a_h·I per head, so the intra-chunk part is a masked
-  matmul (C_t·B_s)·exp(Σ_{s<r≤t} Δ_r a), computed for all chunks at once; only the
-  (H, P, N) states the chunks pass on form a recurrence (an associative scan).
-  Short chunks are fastest on CPU: a train step of configs/zamba_small.yaml takes
-  ~0.85x the time at chunk_size 16 that it takes at 64 (T = 2k, batch 1).
-- `selective_step` / `ssd_step`: one token, for decoding.
+The scans (Mamba-1's selective scan, Mamba-2's SSD, one-token steps) and the causal
+conv are pure functions in models/ssm_scan.py, all in float32 whatever the compute
+dtype. Short chunks are fastest for Mamba-2 on CPU: a train step of
+configs/zamba_small.yaml takes ~0.85x the time at chunk_size 16 that it takes at 64
+(T = 2k, batch 1).
+
 Under `energy_attn.sequence_sharding` (mesh.seq > 1) the conv and the scan run
 sharded, with a carry exchange between devices (models/mamba_sharding.py).
-Sequence lengths that are not a multiple of `chunk_size` are padded with Δ = 0
-(decay 1, input 0), which carries the state through unchanged.
 
 Packed documents: given `segment_ids`, the SSM state and the conv window reset
 at every document start, so a packed row gives exactly what the documents give
@@ -45,9 +37,12 @@ from flax import nnx
 
 from energy_attn.sequence_sharding import current_sequence_sharding
 
+from . import mamba_sharding
 from .config import ModelConfig
 from .layers import RMSNorm, compute_dtype
 from .remat import recompute_in_backward
+from .ssm_scan import (causal_conv, segment_starts, selective_scan, selective_step, ssd_scan,
+                       ssd_step)
 
 Array = Any
 SSM_KINDS = ("mamba1", "mamba2")
@@ -59,147 +54,6 @@ class MambaCache:
     """Decoding state of one Mamba layer."""
     conv: Array   # (B, conv_width - 1, channels): the last conv inputs
     ssm: Array    # (B, D_inner, N) for Mamba-1, (B, H, P, N) for Mamba-2; float32
-
-
-# ------------------------------------------------------------------ helpers
-def segment_starts(segment_ids):
-    """(B, T) ids -> (B, T) bool, True where a new document starts (never at t = 0:
-    the state there is the initial state anyway)."""
-    change = segment_ids[:, 1:] != segment_ids[:, :-1]
-    return jnp.concatenate([jnp.zeros_like(change[:, :1]), change], axis=1)
-
-
-def causal_conv(x, w, b, *, history=None, starts=None):
-    """Depthwise causal conv. x (B, T, C), w (K, C), b (C,); history (B, K-1, C) are the
-    inputs before x (default zeros). starts (B, T) bool: drop taps that reach back
-    across a document start. Returns (y (B, T, C), new history (B, K-1, C))."""
-    K, T = w.shape[0], x.shape[1]
-    if history is None:
-        history = jnp.zeros((x.shape[0], K - 1, x.shape[2]), x.dtype)
-    xp = jnp.concatenate([history.astype(x.dtype), x], axis=1)          # (B, T + K - 1, C)
-    if starts is not None:   # documents seen so far, padded like xp: tap valid iff same count
-        count = jnp.cumsum(starts, axis=1)
-        count_p = jnp.pad(count, ((0, 0), (K - 1, 0)))
-    y = b.astype(x.dtype)
-    for j in range(K):       # tap j looks back K - 1 - j steps
-        tap = xp[:, j:j + T]
-        if starts is not None and j < K - 1:
-            tap = tap * (count == count_p[:, j:j + T])[..., None].astype(x.dtype)
-        y = y + tap * w[j].astype(x.dtype)
-    return y, xp[:, T:]
-
-
-def _chunk(arrays, length: int, chunk: int):
-    """Pad axis 1 of each (B, T, ...) array to a multiple of `chunk` and reshape to
-    (T // chunk, B, chunk, ...) for lax.scan. Returns (chunked arrays, pad)."""
-    pad = -length % chunk
-    out = []
-    for a in arrays:
-        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-        a = a.reshape(a.shape[0], -1, chunk, *a.shape[2:])
-        out.append(jnp.moveaxis(a, 1, 0))
-    return out, pad
-
-
-def _unchunk(y, length: int):
-    """(nc, B, chunk, ...) -> (B, length, ...)."""
-    y = jnp.moveaxis(y, 0, 1)
-    return y.reshape(y.shape[0], -1, *y.shape[3:])[:, :length]
-
-
-# ------------------------------------------------------------------ Mamba-1 scan
-def selective_scan(x, dt, A, B, C, D, *, h0=None, starts=None, chunk_size: int = 64):
-    """Mamba-1 selective scan. x, dt (B, T, Di); A (Di, N), negative; B, C (B, T, N);
-    D (Di,); h0 (B, Di, N) initial state. Returns (y (B, T, Di), h_T (B, Di, N))."""
-    batch, length, inner = x.shape
-    n = A.shape[1]
-    h0 = jnp.zeros((batch, inner, n), jnp.float32) if h0 is None else h0
-    starts = jnp.zeros((batch, length), bool) if starts is None else starts   # padding: no starts
-    chunk = min(chunk_size, length)
-    (xc, dtc, Bc, Cc, sc), _ = _chunk((x, dt, B, C, starts), length, chunk)
-
-    @jax.checkpoint     # the backward pass recomputes one chunk at a time
-    def one_chunk(h, inputs):
-        x_, dt_, B_, C_, s_ = inputs
-        decay = jnp.where(s_[..., None, None], 0.0, jnp.exp(dt_[..., None] * A))   # (B, L, Di, N)
-        drive = (dt_ * x_)[..., None] * B_[:, :, None, :]
-        drive = drive.at[:, 0].add(decay[:, 0] * h)                      # fold the carry in
-        combine = lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1])         # noqa: E731  (h ← a h + u)
-        _, hs = jax.lax.associative_scan(combine, (decay, drive), axis=1)
-        return hs[:, -1], jnp.einsum("bldn,bln->bld", hs, C_)
-
-    h, y = jax.lax.scan(one_chunk, h0, (xc, dtc, Bc, Cc, sc))
-    return _unchunk(y, length) + x * D, h
-
-
-def selective_step(h, x, dt, A, B, C, D):
-    """One Mamba-1 step. h (B, Di, N); x, dt (B, Di); B, C (B, N). Returns (y (B, Di), h)."""
-    h = jnp.exp(dt[..., None] * A) * h + (dt * x)[..., None] * B[:, None, :]
-    return jnp.einsum("bdn,bn->bd", h, C) + x * D, h
-
-
-# ------------------------------------------------------------------ Mamba-2 (SSD) scan
-def ssd_scan(x, dt, a, B, C, D, *, h0=None, starts=None, chunk_size: int = 64):
-    """Mamba-2 SSD, chunked. x (B, T, H, P); dt (B, T, H); a (H,), negative; B, C (B, T, N)
-    (one group shared by all heads); D (H,); h0 (B, H, P, N).
-    Returns (y (B, T, H, P), h_T (B, H, P, N)).
-
-    Every chunk is computed at once (batched matmuls over a leading chunk axis); only
-    the (H, P, N) states passed between chunks form a recurrence, a short
-    `associative_scan` of elementwise ops. Measured on CPU, forward + backward at
-    T = 2048, H = 6, P = 32, N = 16: 55 ms as a `lax.scan` over 64-token chunks,
-    34-44 ms vectorised at chunk 64, 15-17 ms vectorised at chunk 16.
-    """
-    batch, length, heads, p = x.shape
-    n = B.shape[-1]
-    h0 = jnp.zeros((batch, heads, p, n), jnp.float32) if h0 is None else h0
-    starts = jnp.zeros((batch, length), bool) if starts is None else starts
-    chunk = min(chunk_size, length)
-    # Leading axis c = chunk index: x (c, B, L, H, P), dt (c, B, L, H), B/C (c, B, L, N), s (c, B, L).
-    (x_, dt_, B_, C_, s_), _ = _chunk((x, dt, B, C, starts), length, chunk)
-    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
-
-    cum = jnp.cumsum(dt_ * a, axis=2)                                # log-decay so far in the chunk
-    docs = jnp.cumsum(s_, axis=2)                                    # starts seen in the chunk so far
-    # Within a chunk, s feeds t iff s <= t and no document starts in (s, t]. Heads go
-    # before (t, s): the (t, s) matrices stay contiguous, which makes the backward pass
-    # of this part ~20% faster on CPU than with heads last.
-    same = (causal & (docs[..., :, None] == docs[..., None, :]))[:, :, None]    # (c, B, 1, t, s)
-    cum_h = jnp.moveaxis(cum, -1, 2)                                 # (c, B, H, L)
-    gap = cum_h[..., :, None] - cum_h[..., None, :]                  # (c, B, H, t, s)
-    decay = jnp.where(same, jnp.exp(jnp.where(same, gap, 0.0)), 0.0)
-    weights = (jnp.einsum("cbtn,cbsn->cbts", C_, B_)[:, :, None] * decay
-               * jnp.moveaxis(dt_, -1, 2)[..., None, :])
-    y = jnp.einsum("cbhts,cbshp->cbthp", weights, x_)
-
-    # Each chunk's own end state: positions of its last document, decayed to its end;
-    # and how much of the incoming state survives the chunk (none if a document starts in it).
-    last = cum[:, :, -1]                                             # (c, B, H)
-    tail = jnp.exp(last[:, :, None] - cum) * (docs == docs[..., -1:])[..., None] * dt_
-    local = jnp.einsum("cbsh,cbshp,cbsn->cbhpn", tail, x_, B_)
-    keep = (jnp.exp(last) * (docs[..., -1] == 0)[..., None])[..., None, None]
-    # h_c = keep_c * h_{c-1} + local_c over the chunks, starting from h0.
-    local = local.at[0].add(keep[0] * h0)
-    combine = lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1])          # noqa: E731
-    _, ends = jax.lax.associative_scan(combine, (keep, local), axis=0)
-    incoming = jnp.concatenate([h0[None], ends[:-1]], axis=0)       # the state entering each chunk
-
-    # The incoming state reaches t if no document started in the chunk up to t.
-    carry_in = jnp.exp(cum) * (docs == 0)[..., None]                 # (c, B, L, H)
-    y = y + jnp.einsum("cbtn,cbhpn->cbthp", C_, incoming) * carry_in[..., None]
-    return _unchunk(y, length) + x * D[:, None], ends[-1]
-
-
-def ssd_step(h, x, dt, a, B, C, D):
-    """One Mamba-2 step. h (B, H, P, N); x (B, H, P); dt (B, H); B, C (B, N)."""
-    h = h * jnp.exp(dt * a)[..., None, None] + (dt[..., None] * x)[..., None] * B[:, None, None, :]
-    return jnp.einsum("bhpn,bn->bhp", h, C) + x * D[:, None], h
-
-
-# ------------------------------------------------------------------ modules
-def _sharded():
-    from . import mamba_sharding      # imported late: it builds on this module's scans
-    return mamba_sharding
 
 
 def _dt_bias(key, shape, dt_min=1e-3, dt_max=0.1, floor=1e-4):
@@ -228,7 +82,7 @@ class _Mixer(nnx.Module):
 
     def _conv(self, u, cache, starts, spec):
         if spec is not None:
-            y, history = _sharded().sharded_causal_conv(u, self.conv_w[...], self.conv_b[...], starts, spec), None
+            y, history = mamba_sharding.sharded_causal_conv(u, self.conv_w[...], self.conv_b[...], starts, spec), None
         else:
             y, history = causal_conv(u, self.conv_w[...], self.conv_b[...],
                                      history=None if cache is None else cache.conv, starts=starts)
@@ -236,7 +90,7 @@ class _Mixer(nnx.Module):
 
     def _scan(self, scan, x, dt, A, B, C, *, cache, starts, spec):
         if spec is not None:
-            return _sharded().sharded_scan(scan, x, dt, A, B, C, self.D[...], starts=starts, spec=spec,
+            return mamba_sharding.sharded_scan(scan, x, dt, A, B, C, self.D[...], starts=starts, spec=spec,
                                 chunk_size=self.chunk_size), None
         return scan(x, dt, A, B, C, self.D[...], h0=None if cache is None else cache.ssm,
                     starts=starts, chunk_size=self.chunk_size)
@@ -251,8 +105,8 @@ class _Mixer(nnx.Module):
         spec = None if cache is not None else current_sequence_sharding()   # decoding: one device
         if spec is None:
             return (None if segment_ids is None else segment_starts(segment_ids)), None
-        _sharded().check_sharded_length(x.shape[1], self.conv_width, spec)
-        return (None if segment_ids is None else _sharded().sharded_segment_starts(segment_ids, spec)), spec
+        mamba_sharding.check_sharded_length(x.shape[1], self.conv_width, spec)
+        return (None if segment_ids is None else mamba_sharding.sharded_segment_starts(segment_ids, spec)), spec
 
 
 class Mamba1(_Mixer):
@@ -388,25 +242,3 @@ class MambaBlock(nnx.Module):
             h, cache = h
         x = x + self.dropout(h, deterministic=deterministic)
         return x if cache is None else (x, cache)
-
-
-# ------------------------------------------------------------------ benchmark
-def benchmark_layers(lengths=(4096, 16384), d_model: int = 128, repeats: int = 3):
-    """Print fwd+bwd seconds of one Mamba-1 and one Mamba-2 layer (batch 1, default
-    sizes), measured side by side in one run:
-        python -c "from models.mamba import benchmark_layers; benchmark_layers()"
-    """
-    import time
-    for length in lengths:
-        x = jax.random.normal(jax.random.key(0), (1, length, d_model))
-        row = []
-        for cls in (Mamba1, Mamba2):
-            layer = cls(d_model, rngs=nnx.Rngs(0))
-            step = nnx.jit(nnx.grad(lambda m, x: (m(x) ** 2).mean()))
-            jax.block_until_ready(step(layer, x))            # compile
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                jax.block_until_ready(step(layer, x))
-            row.append((time.perf_counter() - t0) / repeats)
-        print(f"T={length:6d}  mamba1 {row[0]:.3f} s  mamba2 {row[1]:.3f} s  "
-              f"(mamba1 / mamba2 = {row[0] / row[1]:.2f})", flush=True)

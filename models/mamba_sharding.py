@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from energy_attn.sequence_sharding import SequenceSharding
 from energy_attn.tree.layout import check_layout
 
-from .mamba import causal_conv, segment_starts, selective_scan, ssd_scan
+from .ssm_scan import causal_conv, segment_starts, selective_scan, ssd_scan
 from .sequence_pieces import (carry_across_pieces, from_previous_piece, is_first_device, piece_length,
                               rows, shard_map, split_pieces, zeros_varying_like)
 

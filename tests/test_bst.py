@@ -11,8 +11,8 @@ from flax import nnx
 
 import energy_attn as ea
 from models import build_model
-from models.bst import (BlockStateTransformer, DiagonalSSM, chunked_ssm_outputs, fft_causal_conv,
-                        ssm_conv_reference)
+from models.bst import BlockStateTransformer, DiagonalSSM
+from models.s4d import chunked_ssm_outputs, fft_causal_conv, ssm_conv_reference
 from models.config import AttentionConfig, BSTConfig, ModelConfig
 from train.config import load_config
 
@@ -327,9 +327,9 @@ def test_bad_conv_is_one_clear_error():
 
 
 def test_decode_benchmark_runs_and_its_cache_does_not_grow_with_max_len():
-    from models.bst import benchmark_decode
+    from models.bench_models import bst_decode
     lines = []
-    rows = benchmark_decode(max_lens=(128, 256), variants=("mh",), d_model=32, num_layers=1, steps=1,
+    rows = bst_decode(max_lens=(128, 256), variants=("mh",), d_model=32, num_layers=1, steps=1,
                             log=lines.append)
     assert [r["max_len"] for r in rows] == [128, 256] and len(lines) == 2
     assert rows[0]["cache_bytes"] == rows[1]["cache_bytes"]

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from models.config import ModelConfig, SSMConfig
-from models.mamba import (Mamba1, Mamba2, MambaBlock, causal_conv, mamba_from_config, segment_starts,
-                          selective_scan, selective_step, ssd_scan, ssd_step)
+from models.mamba import Mamba1, Mamba2, MambaBlock, mamba_from_config
+from models.ssm_scan import causal_conv, segment_starts, selective_scan, selective_step, ssd_scan, ssd_step
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -12,7 +12,8 @@ from jax.sharding import Mesh
 from energy_attn.sequence_sharding import SequenceSharding, sequence_sharding
 from energy_attn.tree import dual_chunk_permutation
 from models.config import ModelConfig, SSMConfig, ZambaConfig
-from models.mamba import Mamba1, Mamba2, causal_conv, segment_starts, selective_scan, ssd_scan
+from models.mamba import Mamba1, Mamba2
+from models.ssm_scan import causal_conv, segment_starts, selective_scan, ssd_scan
 from models.mamba_sharding import (sharded_causal_conv, sharded_scan, sharded_segment_starts)
 from models.registry import build_model
 from tests.test_train_sharded import train_losses

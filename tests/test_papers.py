@@ -21,7 +21,8 @@ def test_energy_zoo_quick(tmp_path):
     """papers/energy_zoo --quick: a 2-energy sweep, its compare report and the summary table."""
     out = tmp_path / "zoo"
     subprocess.run([sys.executable, str(REPO / "papers" / "energy_zoo" / "run.py"), "--quick",
-                    "--quiet", "--out", str(out), "--runs", str(tmp_path / "runs")], check=True, cwd=REPO, capture_output=True, timeout=600)
+                    "--quiet", "--out", str(out), "--runs", str(tmp_path / "runs")],
+                   check=True, cwd=REPO, capture_output=True, timeout=600)
     res = json.loads((out / "results.json").read_text())
     groups = {g["group"]: g for g in res["datasets"]["builtin"]["groups"]}
     assert set(groups) == {"softmax", "sigmoid"}

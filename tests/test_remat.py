@@ -72,6 +72,7 @@ def test_mamba_block_remat_same_values_and_gradients(kind):
         value_and_grads(block(False), x), value_and_grads(block(True), x))
     np.testing.assert_allclose(v_remat, v_plain, rtol=1e-6)
     np.testing.assert_allclose(gx_remat, gx_plain, rtol=1e-5, atol=1e-7)
-    for got, want in zip(jax.tree.leaves(nnx.state(g_remat, nnx.Param)), jax.tree.leaves(nnx.state(g_plain, nnx.Param))):
+    for got, want in zip(jax.tree.leaves(nnx.state(g_remat, nnx.Param)),
+                         jax.tree.leaves(nnx.state(g_plain, nnx.Param))):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
     assert block(True).remat and SSMConfig().remat          # on by default

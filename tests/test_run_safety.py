@@ -12,9 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
@@ -22,7 +20,7 @@ from train.checkpoint import Checkpointer, CheckpointWarning, DiskFull
 from train.cli import error_line, main
 from train.config import load_config
 from train.run_lock import RunLock, RunLocked, RunLockWarning, holder
-from train.run_record import HISTORY, read_history
+from train.run_record import read_history
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.max_seq_len=32",

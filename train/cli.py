@@ -805,7 +805,7 @@ def _data_prepare(args):
 def _data_bench(args):
     cfg = _load_config(args.config, [*args.overrides, "data.source=cache",
                                      f"data.cache_dir={args.cache_dir}"])
-    from train.token_cache import benchmark
+    from train.bench_data import benchmark
     try:
         benchmark(cfg, steps=args.steps)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -34,8 +34,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from train.config import DataConfig
-from train.data import (BatchIterator, ValBatches, _read_jsonl, _read_txt, _resolve_files,
-                        _text_value, _too_few_tokens, is_validation, open_hf_stream)
+from train.batching import BatchIterator, ValBatches, too_few_tokens
+from train.sources import is_validation, open_hf_stream, read_jsonl, read_txt, resolve_files, text_value
 from train.tokenizer import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, build_tokenizer
 
 FORMAT, VERSION = "energy-attn-token-cache", 1
@@ -54,12 +54,12 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
     elif cfg.source == "text":
         if not cfg.path:
             raise ValueError("--source text needs --path (a .txt/.jsonl/.parquet file, directory or glob)")
-        for f in _resolve_files(cfg.path):
+        for f in resolve_files(cfg.path):
             suffix = f.suffix.lower()
             if suffix == ".txt":
-                yield _read_txt(f)
+                yield read_txt(f)
             elif suffix == ".jsonl":
-                yield from _read_jsonl(f, cfg.text_column)
+                yield from read_jsonl(f, cfg.text_column)
             elif suffix == ".parquet":
                 yield from _iter_parquet(f, cfg.text_column)
             else:
@@ -69,7 +69,7 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
         if not cfg.hf_path:
             raise ValueError("--source hf needs --hf-path (e.g. Zyphra/Zyda)")
         for row in open_hf_stream(cfg):
-            yield _text_value(row.get(cfg.text_column), "streamed row", cfg.text_column)
+            yield text_value(row.get(cfg.text_column), "streamed row", cfg.text_column)
     else:
         raise ValueError(f"source {cfg.source!r} is not one of 'builtin', 'text', 'hf'")
 
@@ -83,7 +83,7 @@ def _iter_parquet(f: Path, column: str) -> Iterator[str]:
     row = 0
     for batch in pf.iter_batches(columns=[column], batch_size=1024):
         for v in batch.column(0).to_pylist():
-            yield _text_value(v, f"{f} row {row}", column)
+            yield text_value(v, f"{f} row {row}", column)
             row += 1
 
 
@@ -343,7 +343,7 @@ class CacheBatchIterator(BatchIterator):
         self.process_index, self.process_count = process_index, process_count
         self.num_rows = (len(tokens) - 1) // seq_len
         if self.num_rows < 1:
-            raise _too_few_tokens("training", len(tokens), seq_len)
+            raise too_few_tokens("training", len(tokens), seq_len)
         self.epoch, self.index = 0, 0
         self._perms = {}
 
@@ -362,7 +362,7 @@ def build_cache_data(cfg: DataConfig, *, batch_size: int, seed: int, process_ind
                                process_index=process_index, process_count=process_count)
     val_info = cache.header["splits"]["val"]
     if val_info["tokens"] < T + 1:
-        raise _too_few_tokens("validation", val_info["tokens"], T,
+        raise too_few_tokens("validation", val_info["tokens"], T,
                               f" (the cache {cfg.cache_dir!r} holds {val_info['documents']} "
                               "validation documents)")
     val = ValBatches(cache.tokens("val"), batch_size=batch_size, seq_len=T, eos_id=tok.eos_id,
@@ -371,54 +371,3 @@ def build_cache_data(cfg: DataConfig, *, batch_size: int, seed: int, process_ind
                      process_index=process_index, process_count=process_count,
                      split=cache.header["val"]["rule"])
     return tok, train, val
-
-
-# =========================================================================== benchmark
-
-
-def benchmark(cfg, *, read_batches: int = 300, steps: int = 30, log=print) -> dict:
-    """Tokens/s read by the cache iterator alone, and data time as a share of step time when
-    training `cfg` (data.source=cache) for `steps` steps after a compile step."""
-    import jax
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from models import build_model
-    from train.loop import make_mesh, make_optimizer, make_train_step
-
-    B, T, accum = cfg.train.batch_size, cfg.data.seq_len, cfg.optim.grad_accum
-    tok, it, _ = build_cache_data(cfg.data, batch_size=B, seed=cfg.train.seed)
-    t0 = time.perf_counter()
-    for _ in range(read_batches):
-        next(it)
-    read_s = time.perf_counter() - t0
-    res = {"read_tokens_per_s": read_batches * B * T / read_s}
-    log(f"cache iterator alone: {res['read_tokens_per_s']:,.0f} tokens/s "
-        f"({read_batches} batches of {B}x{T})")
-
-    cfg.model.vocab_size, cfg.model.max_seq_len = tok.vocab_size, max(cfg.model.max_seq_len, T)
-    mesh = make_mesh(cfg)
-    sharding = NamedSharding(mesh, P(None, "data"))
-    model = build_model(cfg.model, rngs=nnx.Rngs(params=0, dropout=1))
-    opt = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
-    step_fn = make_train_step(accum)
-
-    def data():
-        b = next(it)
-        return jax.device_put({k: v.reshape(accum, B // accum, T) for k, v in b.items()}, sharding)
-
-    float(step_fn(model, opt, data())[0])           # compile
-    data_s = total_s = 0.0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        batch = data()
-        t1 = time.perf_counter()
-        float(step_fn(model, opt, batch)[0])
-        t2 = time.perf_counter()
-        data_s, total_s = data_s + t1 - t0, total_s + t2 - t0
-    res.update(step_ms=1e3 * total_s / steps, data_ms=1e3 * data_s / steps,
-               data_percent=100 * data_s / total_s)
-    log(f"training {steps} steps ({B}x{T}, {cfg.model.name} d_model={cfg.model.d_model}): "
-        f"step {res['step_ms']:.1f} ms, of which data {res['data_ms']:.2f} ms = "
-        f"{res['data_percent']:.2f}% (target < 5%: {'PASS' if res['data_percent'] < 5 else 'FAIL'})")
-    return res

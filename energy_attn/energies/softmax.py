@@ -17,7 +17,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from ..autodiff import all_symbolic_zero, instantiate_zeros
 from ..kernels import softmax_attention
-from ..masks import Mask, as_mask
+from ..masks import as_mask
 from ..primitives import default_beta, logsumexp, scores, source
 from ..registry import register_energy
 

@@ -141,7 +141,7 @@ def ring_decode_attention(q, k, v, *, mesh, seq_axes=("seq",), kv_length=None, b
     seq_axes = tuple(seq_axes)
     p = _seq_size(mesh, seq_axes)
     _check_decode(q, k, v, p)
-    b, t, hkv = k.shape[0], k.shape[1], k.shape[2]
+    b, t = k.shape[0], k.shape[1]
     t_local = t // p
     ring = [(i, (i + 1) % p) for i in range(p)]
     dtype = jnp.promote_types(q.dtype, jnp.float32)
@@ -179,7 +179,7 @@ def allgather_partials_decode_attention(q, k, v, *, mesh, seq_axes=("seq",), kv_
     seq_axes = tuple(seq_axes)
     p = _seq_size(mesh, seq_axes)
     _check_decode(q, k, v, p)
-    b, t, hkv = k.shape[0], k.shape[1], k.shape[2]
+    b, t = k.shape[0], k.shape[1]
     t_local = t // p
     dtype = jnp.promote_types(q.dtype, jnp.float32)
 

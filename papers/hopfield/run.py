@@ -491,14 +491,16 @@ def main(argv=None):
     if args.quick:
         args.per_digit, args.dims, args.cap, args.samples, args.grid = 10, [8, 16, 24, 32], 256, 300, 41
     else:
-        args.per_digit, args.dims, args.cap, args.samples, args.grid = 50, [8, 12, 16, 20, 24, 32, 48, 64], 65536, 2000, 121
+        args.per_digit, args.dims = 50, [8, 12, 16, 20, 24, 32, 48, 64]
+        args.cap, args.samples, args.grid = 65536, 2000, 121
     args.max_steps = 300
     args.basin_betas = [0.5, 1.0, 2.0, 5.0]
     log(f"Ramsauer et al. 2020 reproduction ({'quick' if args.quick else 'full'}), jax {jax.__version__} "
         f"on {jax.devices()[0].platform}, output -> {out}")
     rng = np.random.default_rng(args.seed)
     res = dict(paper="Ramsauer et al. 2020, Hopfield Networks is All You Need, arXiv 2008.02217",
-               quick=args.quick, seed=args.seed, command=" ".join(["python", "papers/hopfield/run.py"] + (argv or sys.argv[1:])),
+               quick=args.quick, seed=args.seed,
+               command=" ".join(["python", "papers/hopfield/run.py"] + (argv or sys.argv[1:])),
                versions=dict(python=platform.python_version(), jax=jax.__version__, numpy=np.__version__))
     res["digits"] = run_digits(args, rng, out)
     res["capacity"] = run_capacity(args, rng, out)
