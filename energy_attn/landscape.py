@@ -5,7 +5,8 @@
     E = ls.retrieval_energy("entmax", xi, X, beta=2.0)        # any registered energy
     res = ls.plot_landscape(["softmax", "sparsemax"], X, beta=2.0, out="landscape.png")
     res = ls.plot_basins(X, out="basins.png")                 # res["labels"]: pattern per cell
-    ls.report("report/", run_dir="runs/default")              # every picture + index.html
+    ls.report("report/")                                      # every toy picture + index.html
+    ls.report("report/", loaded=train.run.load_run("runs/default"), run_label="runs/default")
 
 Every `plot_*` function computes the numbers behind one picture, writes it as a PNG
 (matplotlib, Agg canvas, no pyplot state) and returns those numbers as a dict.
@@ -827,18 +828,12 @@ def model_attention(model, tokens) -> dict:
     return out
 
 
-def _load(run_dir, which="latest"):
-    from train.run import load_run
-    return load_run(run_dir, which=which)
-
-
 DEFAULT_PROMPT = "The energy of a state is lower when the query matches a stored key."
 
 
-def _model_inputs(run_dir, loaded, prompt, max_tokens):
-    """(step, tokenizer, ids, attention) for a run; `loaded` may carry a precomputed
+def _model_inputs(loaded, prompt, max_tokens):
+    """(step, tokenizer, ids, attention) for a loaded run; `loaded` may carry a precomputed
     attention as a 5th element (plot_model / report compute it once)."""
-    loaded = loaded or _load(run_dir)
     cfg, tokenizer, model, step = loaded[:4]
     if len(loaded) > 4 and loaded[4] is not None and loaded[4][0] == prompt:
         _, ids, att = loaded[4]
@@ -866,10 +861,10 @@ def _with_attention(loaded, prompt, max_tokens: int = 48):
     return (*loaded[:4], (prompt, ids, model_attention(model, ids)))
 
 
-def plot_attention_maps(run_dir=None, *, prompt: str = DEFAULT_PROMPT, out="model_attention.png",
-                        loaded=None, max_tokens: int = 48) -> dict:
+def plot_attention_maps(loaded, *, prompt: str = DEFAULT_PROMPT, out="model_attention.png",
+                        max_tokens: int = 48) -> dict:
     """Attention maps ∂F/∂s of every layer and head of a trained run, for one prompt."""
-    step, tokenizer, ids, att = _model_inputs(run_dir, loaded, prompt, max_tokens)
+    step, tokenizer, ids, att = _model_inputs(loaded, prompt, max_tokens)
     labels = [tokenizer.decode([int(t)]) for t in ids]
     labels = [repr(s)[1:-1][:3] for s in labels]
     layers, heads = len(att["weights"]), att["weights"][0].shape[0]
@@ -917,12 +912,12 @@ def classify_model_heads(weights, *, mass: float = 0.9, min_keys: int = 4):
     return codes, names, k, share
 
 
-def plot_head_classes(run_dir=None, *, prompt: str = DEFAULT_PROMPT, out="model_heads.png",
-                      loaded=None, mass: float = 0.9, max_tokens: int = 48) -> dict:
+def plot_head_classes(loaded, *, prompt: str = DEFAULT_PROMPT, out="model_heads.png",
+                      mass: float = 0.9, max_tokens: int = 48) -> dict:
     """Each head's mean number of keys holding `mass` of its attention (top_k_mass) and its
     class (global averaging / metastable / single pattern; see `classify_model_heads`)."""
     from matplotlib.patches import Patch
-    step, tokenizer, ids, att = _model_inputs(run_dir, loaded, prompt, max_tokens)
+    step, tokenizer, ids, att = _model_inputs(loaded, prompt, max_tokens)
     w = np.stack(att["weights"])                                   # (L, H, T, T)
     L, H, T, _ = w.shape
     codes, names, k, share = classify_model_heads(w, mass=mass)
@@ -957,13 +952,13 @@ def plot_head_classes(run_dir=None, *, prompt: str = DEFAULT_PROMPT, out="model_
                 path=_save(fig, out))
 
 
-def plot_head_landscape(run_dir=None, *, prompt: str = DEFAULT_PROMPT, layer: int = 0, head: int = 0,
-                        query: int = -1, grid: int = 60, out="model_landscape.png", loaded=None,
+def plot_head_landscape(loaded, *, prompt: str = DEFAULT_PROMPT, layer: int = 0, head: int = 0,
+                        query: int = -1, grid: int = 60, out="model_landscape.png",
                         max_tokens: int = 48) -> dict:
     """The retrieval energy of one head: its visible keys (after RoPE) as the stored
     patterns, on the plane through the origin spanned by the two keys that the query
     weights most; the query's own iterates ξ ← ∂F/∂ζ projected on that plane."""
-    step, tokenizer, ids, att = _model_inputs(run_dir, loaded, prompt, max_tokens)
+    step, tokenizer, ids, att = _model_inputs(loaded, prompt, max_tokens)
     L = len(att["q"])
     if not -L <= layer < L:
         raise ValueError(f"--layer {layer} is out of range: the model has {L} layers")
@@ -1013,34 +1008,32 @@ def plot_head_landscape(run_dir=None, *, prompt: str = DEFAULT_PROMPT, layer: in
                 path=_save(fig, out))
 
 
-def plot_model(run_dir, out_dir, *, prompt: str = DEFAULT_PROMPT, layer: int = 0, head: int = 0,
-               grid: int = 60, which: str = "latest") -> dict:
-    """All three trained-model pictures into out_dir; the run is loaded once."""
-    loaded = _load(run_dir, which)
+def plot_model(loaded, out_dir, *, prompt: str = DEFAULT_PROMPT, layer: int = 0, head: int = 0,
+               grid: int = 60) -> dict:
+    """All three trained-model pictures into out_dir. `loaded`: (config, tokenizer, model,
+    step), as train.run.load_run returns it; the attention is computed once."""
     check_head(loaded[2], layer, head)
     loaded = _with_attention(loaded, prompt)
     out_dir = Path(out_dir)
     return dict(
-        attention=plot_attention_maps(prompt=prompt, loaded=loaded, out=out_dir / "model_attention.png"),
-        heads=plot_head_classes(prompt=prompt, loaded=loaded, out=out_dir / "model_heads.png"),
-        landscape=plot_head_landscape(prompt=prompt, layer=layer, head=head, grid=grid, loaded=loaded,
+        attention=plot_attention_maps(loaded, prompt=prompt, out=out_dir / "model_attention.png"),
+        heads=plot_head_classes(loaded, prompt=prompt, out=out_dir / "model_heads.png"),
+        landscape=plot_head_landscape(loaded, prompt=prompt, layer=layer, head=head, grid=grid,
                                       out=out_dir / "model_landscape.png"))
 
 
 # ============================================================ the report
 
 
-def report(out_dir, *, run_dir=None, seed: int = 0, grid: int = 60, prompt: str = DEFAULT_PROMPT,
-           layer: int = 0, head: int = 0, which: str = "latest", log=None) -> dict:
+def report(out_dir, *, loaded=None, run_label=None, seed: int = 0, grid: int = 60,
+           prompt: str = DEFAULT_PROMPT, layer: int = 0, head: int = 0, log=None) -> dict:
     """Every picture into out_dir plus index.html (relative image paths, plain HTML).
-    The trained-model pictures only when run_dir is given (it is loaded first, so a bad
-    run directory fails before minutes of plotting)."""
+    The trained-model pictures only when `loaded` is given: (config, tokenizer, model, step)
+    as train.run.load_run returns it; `run_label` names the run in titles (its directory)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = log or (lambda *_: None)
-    loaded = None
-    if run_dir is not None:       # load and check first: a bad run fails before any plotting
-        loaded = _load(run_dir, which)
+    if loaded is not None:        # check first: a bad head fails before minutes of plotting
         check_head(loaded[2], layer, head)
         loaded = _with_attention(loaded, prompt)
     entries = []
@@ -1081,21 +1074,21 @@ def report(out_dir, *, run_dir=None, seed: int = 0, grid: int = 60, prompt: str 
         "Fraction of noisy queries that retrieve their own pattern, mean cosine similarity to it, and "
         "metastable mixtures (fraction of queries, distinct fixed points) against β.")
     if loaded is not None:
-        plot_attention_maps(prompt=prompt, loaded=loaded, out=out_dir / "model_attention.png")
-        add("model_attention.png", f"Attention maps of {run_dir}",
+        plot_attention_maps(loaded, prompt=prompt, out=out_dir / "model_attention.png")
+        add("model_attention.png", f"Attention maps of {run_label or 'the run'}",
             f"∂F/∂s for every layer and head on the prompt {prompt!r}.")
-        plot_head_classes(prompt=prompt, loaded=loaded, out=out_dir / "model_heads.png")
+        plot_head_classes(loaded, prompt=prompt, out=out_dir / "model_heads.png")
         add("model_heads.png", "Head classes",
             "Share of its visible keys that hold 90% of each head's weight (hopfield.top_k_mass), "
             "and the head's class by hopfield.classify_heads' rule applied to each causal query row "
             "(single pattern: one key; global averaging: more than half the visible keys; "
             "metastable: in between), majority over the queries.")
-        plot_head_landscape(prompt=prompt, layer=layer, head=head, grid=grid, loaded=loaded,
+        plot_head_landscape(loaded, prompt=prompt, layer=layer, head=head, grid=grid,
                             out=out_dir / "model_landscape.png")
         add("model_landscape.png", f"Energy landscape of layer {layer}, head {head}",
             "The head's visible keys as stored patterns, on the plane of the two keys its last query "
             "weights most; the query's iterates are projected onto the plane.")
-    index = write_index(out_dir, entries, run_dir=run_dir)
+    index = write_index(out_dir, entries, run_dir=run_label)
     log(f"wrote {index}")
     return dict(index=str(index), pictures=[str(out_dir / e[0]) for e in entries])
 

@@ -138,7 +138,8 @@ def test_energy_curves_fall(tmp_path):
 
 
 def test_model_pictures_from_a_tiny_run(tiny_run, tmp_path):
-    res = ls.plot_model(tiny_run, tmp_path, grid=10)
+    from train.run import load_run
+    res = ls.plot_model(load_run(tiny_run), tmp_path, grid=10)
     w = res["attention"]["weights"][0]                             # layer 0: (H, T, T)
     T = len(res["attention"]["tokens"])
     assert w.shape == (2, T, T)

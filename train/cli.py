@@ -619,14 +619,18 @@ def _viz_picture(args):
     kind = args.picture
     if kind in ("report", "model"):
         prompt = args.prompt if args.prompt is not None else ls.DEFAULT_PROMPT
+        loaded = None
+        if args.run is not None:     # load first: a bad run directory fails before any plotting
+            from train.run import load_run
+            loaded = load_run(args.run, which=args.checkpoint)
         if kind == "report":
-            res = ls.report(args.out, run_dir=args.run, seed=args.seed, grid=args.grid,
+            res = ls.report(args.out, loaded=loaded, run_label=args.run, seed=args.seed, grid=args.grid,
                             prompt=prompt, layer=args.layer, head=args.head,
-                            which=args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+                            log=lambda m: print(m, file=sys.stderr))
             print(res["index"])
             return 0
-        res = ls.plot_model(args.run, args.out, prompt=prompt, layer=args.layer, head=args.head,
-                            grid=args.grid, which=args.checkpoint)
+        res = ls.plot_model(loaded, args.out, prompt=prompt, layer=args.layer, head=args.head,
+                            grid=args.grid)
         for r in res.values():
             say(r["path"])
         return 0
