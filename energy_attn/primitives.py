@@ -106,11 +106,6 @@ def logsumexp(x, axis: int = -1):
     return jnp.squeeze(out, axis)
 
 
-def row_has_keys(s):
-    """(B, H, Tq) bool: does query i see at least one key?"""
-    return jnp.any(jnp.isfinite(s), axis=-1)
-
-
 MAX_UNROLLED_BLOCKS = 16
 
 

@@ -1,7 +1,7 @@
 """Model zoo (transformer, Zamba-like hybrid, Block-State Transformer).
 
-Every model plugs in `energy_attn.EnergyAttention`; the models arrive with the
-training-stack and zoo issues.
+Every model plugs in `energy_attn.EnergyAttention`. Importing this package
+registers every model, so `build_model(cfg)` finds it by `cfg.name`.
 """
 from .config import AttentionConfig, ModelConfig
 from .registry import MODELS, build_model, register_model

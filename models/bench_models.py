@@ -24,7 +24,7 @@ round, the least disturbed one. Memory: XLA's own account of the compiled step,
 `memory_analysis()` temp + argument bytes (activations and workspace, plus
 parameters, optimizer state and the batch), independent of allocator history.
 
-Targets (the issue's), each printed with PASS/MISS:
+Targets, each printed with PASS/MISS:
     BST's step time grows <= 5x from 4k to 16k (linear plus the block attention);
     the hybrid's growth is well below the transformer's: we require < 0.5x of it;
     at 16k the hybrid and the BST are both faster than the transformer and need

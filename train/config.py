@@ -631,13 +631,8 @@ def validate(cfg: Config) -> Config:
 
 
 def _check_model_name(name: str) -> str | None:
-    # models/registry.py may not exist yet (or may fail to import while being written): then skip.
-    try:
-        from models import registry
-    except Exception:  # noqa: BLE001
-        return None
-    models = getattr(registry, "MODELS", None)
-    if not isinstance(models, Mapping) or name in models:
+    from models.registry import MODELS as models    # late: the zoo loads JAX, which --help does not need
+    if name in models:
         return None
     close = difflib.get_close_matches(name, list(models), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""

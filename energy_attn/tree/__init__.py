@@ -18,13 +18,6 @@ from .sharded import (SHARDED, Combine, ShardedKVCache, attend_sharded_keys,  # 
                       decode_attention_with_energy, resolve_sharded, shard_count, shard_index,
                       shard_mask, sharded_energy, tree_pmax, tree_psum, tree_pvary, zero_source)
 
-try:   # written alongside this package; optional until it lands
-    from .baselines import (allgather_partials_decode_attention, ring_attention,  # noqa: F401
-                            ring_decode_attention)
-except ImportError:
-    pass
-try:
-    from . import hlo  # noqa: F401
-    from .hlo import collective_stats, memory_stats  # noqa: F401
-except ImportError:
-    pass
+from . import hlo  # noqa: F401
+from .baselines import allgather_partials_decode_attention, ring_attention, ring_decode_attention  # noqa: F401
+from .hlo import collective_stats, memory_stats  # noqa: F401
