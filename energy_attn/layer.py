@@ -23,7 +23,7 @@ from .kv_cache import KVCache
 from .masks import Mask
 from .registry import get_energy
 from .rope import apply_rope
-from .sequence_sharding import attend_sharded, current_sequence_sharding
+from .sequence_sharding import SequenceSharding, active, attend_sharded
 
 
 class EnergyAttention(nnx.Module):
@@ -35,6 +35,8 @@ class EnergyAttention(nnx.Module):
     num_kv_heads: K/V heads for grouped-query attention (default num_heads).
     head_dim / value_dim: widths of q·k and of v per head (default d_model // num_heads).
     context_dim: width of `context` for cross-attention (default d_model).
+    sequence_sharding: split self-attention's sequence over a mesh axis and reduce the
+        energy across devices (energy_attn.sequence_sharding); None: one device.
     """
 
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
@@ -42,7 +44,8 @@ class EnergyAttention(nnx.Module):
                  context_dim: int | None = None, energy: str | Callable = "softmax",
                  energy_params: dict | None = None, use_rope: bool = True,
                  rope_base: float = 10000.0, use_bias: bool = False, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, sequence_sharding: SequenceSharding | None = None,
+                 rngs: nnx.Rngs):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if num_kv_heads < 1 or num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads} "
@@ -65,6 +68,7 @@ class EnergyAttention(nnx.Module):
         self.value_dim = head_dim if value_dim is None else value_dim
         self.context_dim = d_model if context_dim is None else context_dim
         self.use_rope, self.rope_base, self.dtype = use_rope, rope_base, dtype
+        self.sequence_sharding = active(sequence_sharding)
 
         linear = partial(nnx.Linear, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = linear(d_model, num_heads * head_dim)
@@ -117,17 +121,19 @@ class EnergyAttention(nnx.Module):
             cache = cache.append(k, v)
             k, v = cache.k, cache.v
 
-        out = self.attend_heads(q, k, v, mask)
+        # Only self-attention over the whole sequence is sharded; decoding runs on one device.
+        sharded = context is None and cache is None
+        out = self.attend_heads(q, k, v, mask, sharded=sharded)
         out = self.out_proj(out.reshape(batch, length, self.num_heads * self.value_dim))
         return out if cache is None else (out, cache)
 
-    def attend_heads(self, q, k, v, mask):
+    def attend_heads(self, q, k, v, mask, *, sharded: bool = True):
         """(B, Tq, H, Dk), (B, Tk, H_kv, Dk), (B, Tk, H_kv, Dv) -> (B, Tq, H, Dv): ∂F/∂ζ of the energy.
-        Inside `sequence_sharding(...)` the sequence is split over devices and the
-        energy is reduced across them (energy_attn.tree)."""
-        spec = current_sequence_sharding()
-        if spec is not None:
-            return attend_sharded(self.energy, q, k, v, mask, spec, dict(self.energy_params))
+        With `self.sequence_sharding` (and `sharded`) the sequence is split over devices
+        and the energy is reduced across them (energy_attn.tree)."""
+        if sharded and self.sequence_sharding is not None:
+            return attend_sharded(self.energy, q, k, v, mask, self.sequence_sharding,
+                                  dict(self.energy_params))
         return attend(self.energy, q, k, v, mask=mask, **self.energy_params)
 
     @staticmethod

@@ -1,20 +1,18 @@
-"""Sequence sharding for whole models: one setting, read by every attention layer.
+"""Sequence sharding for whole models: a value that layers are built with.
 
 A model is written for one device. To run it with its sequence split over a mesh
-axis, the caller (the trainer) says so once, around the code it traces:
+axis, build it with a `SequenceSharding` (the trainer does, from `mesh.seq`):
 
     spec = SequenceSharding(mesh, seq_axis="seq", batch_axis="data", layout="dual_chunk")
-    with sequence_sharding(spec):
-        loss = jax.jit(loss_fn)(model, batch)    # batch arrays sharded P("data", "seq")
+    model = build_model(cfg, rngs=rngs, sequence_sharding=spec)
+    loss = jax.jit(loss_fn)(model, batch)        # batch arrays sharded P("data", "seq")
 
 Everything per-token (embeddings, norms, MLPs, the loss) is sharded by XLA from
-the batch's sharding. Attention is the one layer that mixes positions, so
-`EnergyAttention` asks `current_sequence_sharding()` and, when it is set, runs its
-energy through `energy_attn.tree.attend_sequence_sharded` inside `jax.shard_map`.
-
-The setting is read at trace time, so it must be active while a jitted function
-is first traced, and a function traced with it must not be reused without it
-(the trainer builds fresh jitted steps per run).
+the batch's sharding. Attention is the one layer that mixes positions, so an
+`EnergyAttention` built with a spec runs its energy through
+`energy_attn.tree.attend_sequence_sharded` inside `jax.shard_map` (the Mamba and
+BST layers do the same for their scans). A spec over a size-1 axis, or None,
+leaves a layer single-device; decoding with a KV cache is always single-device.
 
 With layout="dual_chunk" the caller must also permute each sequence with
 `energy_attn.tree.dual_chunk_permutation` before sharding it (and pass RoPE
@@ -23,8 +21,6 @@ causal work is then balanced across devices.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 from typing import Any
 
@@ -52,26 +48,9 @@ class SequenceSharding:
         return self.mesh.shape[self.seq_axis]
 
 
-_CURRENT: contextvars.ContextVar[SequenceSharding | None] = contextvars.ContextVar(
-    "energy_attn_sequence_sharding", default=None)
-
-
-@contextlib.contextmanager
-def sequence_sharding(spec: SequenceSharding | None):
-    """Within this block, attention layers shard their sequence as `spec` says
-    (None, or a spec over a size-1 axis, leaves them single-device)."""
-    token = _CURRENT.set(spec)
-    try:
-        yield spec
-    finally:
-        _CURRENT.reset(token)
-
-
-def current_sequence_sharding() -> SequenceSharding | None:
-    spec = _CURRENT.get()
-    if spec is None or spec.num_shards == 1:
-        return None
-    return spec
+def active(spec: SequenceSharding | None) -> SequenceSharding | None:
+    """The spec if it splits the sequence (more than one shard), else None."""
+    return spec if spec is not None and spec.num_shards > 1 else None
 
 
 def attend_sharded(energy, q, k, v, mask, spec: SequenceSharding, params: dict):

@@ -85,7 +85,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import energy_attn as ea
-from energy_attn.sequence_sharding import current_sequence_sharding, sequence_sharding
+from energy_attn.sequence_sharding import SequenceSharding, active
 
 from . import bst_sharding
 from .config import BSTConfig, ModelConfig
@@ -228,9 +228,13 @@ class BSTLayer(nnx.Module):
     """One layer: SSM context states + block transformer (or, with `with_ssm=False`,
     the block transformer alone)."""
 
-    def __init__(self, cfg: ModelConfig, *, with_ssm: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, with_ssm: bool, rngs: nnx.Rngs,
+                 sequence_sharding: SequenceSharding | None = None):
         b, d = cfg.bst, cfg.d_model
         self.block_len, self.variant, self.with_ssm = b.block_len, b.variant, with_ssm
+        # Only the SSM crosses blocks, so only it is sharded: attention stays inside a block,
+        # which is whole on its device (its attention layers are built without the spec).
+        self.sequence_sharding = active(sequence_sharding)
         self.num_states, self.num_filters = num_states(b), num_filters(b)
         self.attn_norm = RMSNorm(d, eps=cfg.norm_eps)
         self.attn = attention_from_config(cfg, rngs=rngs)
@@ -261,7 +265,7 @@ class BSTLayer(nnx.Module):
     def context_states(self, x):
         """(B, T, d) -> (B, T/W, S, d): the states block k cross-attends to."""
         batch = x.shape[0]
-        spec = current_sequence_sharding()
+        spec = self.sequence_sharding
         if spec is not None:       # the SSM carries its state across devices (models/bst_sharding.py)
             if self.ssm.conv != "chunked":
                 raise ValueError(f"model.bst.conv={self.ssm.conv!r} cannot be sequence-sharded; "
@@ -298,11 +302,10 @@ class BSTLayer(nnx.Module):
             mask = mask & ea.segments(to_blocks(segment_ids))
         # Attention stays inside a block, so even on a sequence-sharded mesh it is local:
         # blocks are whole on their device (XLA splits the block axis).
-        with sequence_sharding(None):
-            blocks = blocks + drop(self.attn(self.attn_norm(blocks), mask=mask, positions=jnp.arange(w)))
-            if self.with_ssm:
-                ctx = self.context_norm(to_blocks(context.reshape(batch, nb * self.num_states, d)))
-                blocks = blocks + drop(self.cross(self.cross_norm(blocks), context=ctx))
+        blocks = blocks + drop(self.attn(self.attn_norm(blocks), mask=mask, positions=jnp.arange(w)))
+        if self.with_ssm:
+            ctx = self.context_norm(to_blocks(context.reshape(batch, nb * self.num_states, d)))
+            blocks = blocks + drop(self.cross(self.cross_norm(blocks), context=ctx))
         blocks = blocks + drop(self.mlp(self.mlp_norm(blocks)))
         return jnp.swapaxes(blocks.reshape(nb, batch, w, d), 0, 1).reshape(batch, length, d)
 
@@ -367,7 +370,7 @@ class BSTCache:
 
 
 class BlockStateTransformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
         check_bst_config(cfg.bst)
         dtype = compute_dtype(cfg)
         self.vocab_size, self.max_seq_len = cfg.vocab_size, cfg.max_seq_len
@@ -375,8 +378,10 @@ class BlockStateTransformer(nnx.Module):
         init = nnx.initializers.normal(0.02)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, embedding_init=init, rngs=rngs)
         every = cfg.bst.bst_every
-        self.layers = nnx.List([BSTLayer(cfg, with_ssm=(i + 1) % every == 0, rngs=rngs)
+        self.layers = nnx.List([BSTLayer(cfg, with_ssm=(i + 1) % every == 0, rngs=rngs,
+                                         sequence_sharding=sequence_sharding)
                                 for i in range(cfg.num_layers)])
+        self.sequence_sharding = active(sequence_sharding)
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nnx.Linear(
             cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
@@ -414,7 +419,7 @@ class BlockStateTransformer(nnx.Module):
 
     def forward(self, tokens, *, segment_ids=None, deterministic: bool = True):
         length = tokens.shape[1]
-        spec = current_sequence_sharding()
+        spec = self.sequence_sharding
         if spec is not None:       # no padding then: every device must hold whole blocks
             bst_sharding.check_sharded_length(length, self.block_len, spec)
         pad = -length % self.block_len          # padding at the end is invisible to earlier tokens
@@ -436,5 +441,6 @@ class BlockStateTransformer(nnx.Module):
 
 
 @register_model("bst")
-def _build_bst(cfg: ModelConfig, *, rngs: nnx.Rngs) -> BlockStateTransformer:
-    return BlockStateTransformer(cfg, rngs=rngs)
+def _build_bst(cfg: ModelConfig, *, rngs: nnx.Rngs,
+               sequence_sharding: SequenceSharding | None = None) -> BlockStateTransformer:
+    return BlockStateTransformer(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

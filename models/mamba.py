@@ -16,8 +16,8 @@ dtype. Short chunks are fastest for Mamba-2 on CPU: a train step of
 configs/zamba_small.yaml takes ~0.85x the time at chunk_size 16 that it takes at 64
 (T = 2k, batch 1).
 
-Under `energy_attn.sequence_sharding` (mesh.seq > 1) the conv and the scan run
-sharded, with a carry exchange between devices (models/mamba_sharding.py).
+Built with a `SequenceSharding` (the trainer's mesh.seq > 1), the conv and the scan
+run sharded, with a carry exchange between devices (models/mamba_sharding.py).
 
 Packed documents: given `segment_ids`, the SSM state and the conv window reset
 at every document start, so a packed row gives exactly what the documents give
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from energy_attn.sequence_sharding import current_sequence_sharding
+from energy_attn.sequence_sharding import SequenceSharding, active
 
 from . import mamba_sharding
 from .config import ModelConfig
@@ -70,9 +70,11 @@ def _uniform(key, shape, bound):
 class _Mixer(nnx.Module):
     """What Mamba-1 and Mamba-2 share: in_proj, the depthwise conv, out_proj."""
 
-    def _common(self, d_model, inner, in_width, conv_channels, conv_width, chunk_size, dtype, rngs):
+    def _common(self, d_model, inner, in_width, conv_channels, conv_width, chunk_size, dtype, rngs,
+                sequence_sharding):
         self.d_model, self.inner, self.conv_width, self.chunk_size = d_model, inner, conv_width, chunk_size
         self.dtype = dtype
+        self.sequence_sharding = active(sequence_sharding)
         linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, rngs=rngs)  # noqa: E731
         self.in_proj = linear(d_model, in_width)
         bound = 1 / math.sqrt(conv_width)        # PyTorch's default for a depthwise Conv1d
@@ -102,7 +104,7 @@ class _Mixer(nnx.Module):
         if cache is not None and segment_ids is not None:
             raise ValueError("segment_ids are for packed training rows; decode one document per "
                              "row with the cache instead")
-        spec = None if cache is not None else current_sequence_sharding()   # decoding: one device
+        spec = None if cache is not None else self.sequence_sharding   # decoding: one device
         if spec is None:
             return (None if segment_ids is None else segment_starts(segment_ids)), None
         mamba_sharding.check_sharded_length(x.shape[1], self.conv_width, spec)
@@ -116,11 +118,12 @@ class Mamba1(_Mixer):
 
     def __init__(self, d_model: int, *, state_dim: int = 16, expand: int = 2, conv_width: int = 4,
                  chunk_size: int = 64, dt_rank: int | None = None, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 sequence_sharding: SequenceSharding | None = None, rngs: nnx.Rngs):
         inner = expand * d_model
         self.state_dim = state_dim
         self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
-        self._common(d_model, inner, 2 * inner, inner, conv_width, chunk_size, dtype, rngs)
+        self._common(d_model, inner, 2 * inner, inner, conv_width, chunk_size, dtype, rngs,
+                     sequence_sharding)
         self.x_proj = nnx.Linear(inner, self.dt_rank + 2 * state_dim, use_bias=False, dtype=dtype,
                                  rngs=rngs)
         self.dt_proj = nnx.Linear(
@@ -161,7 +164,8 @@ class Mamba2(_Mixer):
     RMSNorm(y * SiLU(z)) -> out_proj."""
 
     def __init__(self, d_model: int, *, state_dim: int = 16, expand: int = 2, conv_width: int = 4,
-                 chunk_size: int = 64, head_dim: int = 32, dtype=jnp.float32, rngs: nnx.Rngs):
+                 chunk_size: int = 64, head_dim: int = 32, dtype=jnp.float32,
+                 sequence_sharding: SequenceSharding | None = None, rngs: nnx.Rngs):
         inner = expand * d_model
         if inner % head_dim:
             raise ValueError(f"model.ssm.head_dim={head_dim} must divide D_inner = expand * d_model "
@@ -169,7 +173,7 @@ class Mamba2(_Mixer):
         self.state_dim, self.head_dim, self.heads = state_dim, head_dim, inner // head_dim
         conv_channels = inner + 2 * state_dim
         self._common(d_model, inner, inner + conv_channels + self.heads, conv_channels, conv_width,
-                     chunk_size, dtype, rngs)
+                     chunk_size, dtype, rngs, sequence_sharding)
         self.dt_bias = nnx.Param(_dt_bias(rngs.params(), (self.heads,)))
         self.A_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (self.heads,), jnp.float32, 1, 16)))
         self.D = nnx.Param(jnp.ones((self.heads,), jnp.float32))
@@ -200,11 +204,12 @@ class Mamba2(_Mixer):
         return out if cache is None else (out, MambaCache(conv=history, ssm=h))
 
 
-def mamba_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs) -> Mamba1 | Mamba2:
+def mamba_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs,
+                      sequence_sharding: SequenceSharding | None = None) -> Mamba1 | Mamba2:
     """The mixer named by cfg.ssm.kind, sized by cfg.d_model and cfg.ssm."""
     s, dtype = cfg.ssm, compute_dtype(cfg)
     common = dict(state_dim=s.state_dim, expand=s.expand, conv_width=s.conv_width,
-                  chunk_size=s.chunk_size, dtype=dtype, rngs=rngs)
+                  chunk_size=s.chunk_size, dtype=dtype, sequence_sharding=sequence_sharding, rngs=rngs)
     if s.kind == "mamba1":
         return Mamba1(cfg.d_model, **common)
     if s.kind == "mamba2":
@@ -219,9 +224,9 @@ class MambaBlock(nnx.Module):
     `extra` is what the Zamba hybrid adds to this layer's input (the projected
     shared-block output); the residual stream itself does not receive it."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = mamba_from_config(cfg, rngs=rngs)
+        self.mixer = mamba_from_config(cfg, rngs=rngs, sequence_sharding=sequence_sharding)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.remat = cfg.ssm.remat
 

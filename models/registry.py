@@ -4,10 +4,15 @@
     def build_mine(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module: ...
 
     model = build_model(cfg, rngs=nnx.Rngs(0))       # looks up cfg.name
+    model = build_model(cfg, rngs=nnx.Rngs(0), sequence_sharding=spec)   # mesh.seq > 1
+
+A builder that can run sequence-sharded takes a `sequence_sharding` keyword
+(energy_attn.sequence_sharding.SequenceSharding) and hands it to its layers.
 """
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Callable
 
 from flax import nnx
@@ -27,10 +32,17 @@ def register_model(name: str):
     return add
 
 
-def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The model registered under `cfg.name`, built from `cfg`."""
+def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding=None) -> nnx.Module:
+    """The model registered under `cfg.name`, built from `cfg`; with `sequence_sharding`
+    (a SequenceSharding over more than one device) its layers split the sequence."""
     if cfg.name not in MODELS:
         close = difflib.get_close_matches(cfg.name, list(MODELS), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown model {cfg.name!r}.{hint} Registered models: {sorted(MODELS)}")
-    return MODELS[cfg.name](cfg, rngs=rngs)
+    builder = MODELS[cfg.name]
+    if sequence_sharding is None or sequence_sharding.num_shards == 1:
+        return builder(cfg, rngs=rngs)
+    if "sequence_sharding" not in inspect.signature(builder).parameters:
+        raise ValueError(f"model {cfg.name!r} cannot run sequence-sharded (its builder takes no "
+                         "sequence_sharding); use mesh.seq=1")
+    return builder(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import energy_attn as ea
+from energy_attn.sequence_sharding import SequenceSharding
 
 from .config import ModelConfig
 from .layers import Block, RMSNorm, compute_dtype
@@ -20,7 +21,7 @@ from .registry import register_model
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
         dtype = compute_dtype(cfg)
         # Hashable copies of what the forward pass needs (a ModelConfig holds a dict,
         # so keeping it on the module would make the graph definition unhashable).
@@ -31,7 +32,8 @@ class Transformer(nnx.Module):
         # loss is close to log(vocab) instead of exploding with unit-variance embeddings.
         init = nnx.initializers.normal(0.02)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, embedding_init=init, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.blocks = nnx.List([Block(cfg, rngs=rngs, sequence_sharding=sequence_sharding)
+                                for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nnx.Linear(
             cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
@@ -91,5 +93,6 @@ def num_params(model: nnx.Module) -> int:
 
 
 @register_model("transformer")
-def _build_transformer(cfg: ModelConfig, *, rngs: nnx.Rngs) -> Transformer:
-    return Transformer(cfg, rngs=rngs)
+def _build_transformer(cfg: ModelConfig, *, rngs: nnx.Rngs,
+                       sequence_sharding: SequenceSharding | None = None) -> Transformer:
+    return Transformer(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import energy_attn as ea
+from energy_attn.sequence_sharding import SequenceSharding
 
 from .config import ModelConfig
 from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
@@ -69,10 +70,10 @@ class ZambaCache:
 class SharedBlock(nnx.Module):
     """norm -> attention -> norm -> MLP on concat(x, x0), width 2·d_model, no residuals."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
         wide = cfg.replace(d_model=2 * cfg.d_model)
         self.attn_norm = RMSNorm(wide.d_model, eps=cfg.norm_eps)
-        self.attn = attention_from_config(wide, rngs=rngs)
+        self.attn = attention_from_config(wide, rngs=rngs, sequence_sharding=sequence_sharding)
         self.mlp_norm = RMSNorm(wide.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(wide.d_model, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=compute_dtype(cfg),
                        rngs=rngs)
@@ -139,7 +140,7 @@ def zamba_config_errors(cfg: ModelConfig) -> list[str]:
 
 
 class Zamba(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
         errors = zamba_config_errors(cfg)
         if errors:
             raise ValueError("; ".join(errors))
@@ -151,8 +152,9 @@ class Zamba(nnx.Module):
         d = cfg.d_model
         init = nnx.initializers.normal(0.02)
         self.embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, embedding_init=init, rngs=rngs)
-        self.layers = nnx.List([MambaBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.shared = nnx.List([SharedBlock(cfg, rngs=rngs) for _ in range(z.num_shared_blocks)])
+        spec = dict(rngs=rngs, sequence_sharding=sequence_sharding)
+        self.layers = nnx.List([MambaBlock(cfg, **spec) for _ in range(cfg.num_layers)])
+        self.shared = nnx.List([SharedBlock(cfg, **spec) for _ in range(z.num_shared_blocks)])
         self.proj = nnx.List([nnx.Linear(2 * d, d, use_bias=False, dtype=dtype, rngs=rngs)
                               for _ in self.sites])
         self.lora = nnx.List([LoRA(self.shared[j % z.num_shared_blocks], z.lora_rank, cfg.mlp, rngs=rngs)
@@ -219,5 +221,6 @@ class Zamba(nnx.Module):
 
 
 @register_model("zamba")
-def _build_zamba(cfg: ModelConfig, *, rngs: nnx.Rngs) -> Zamba:
-    return Zamba(cfg, rngs=rngs)
+def _build_zamba(cfg: ModelConfig, *, rngs: nnx.Rngs,
+                 sequence_sharding: SequenceSharding | None = None) -> Zamba:
+    return Zamba(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

@@ -3,6 +3,7 @@ the context states for every variant and both layouts (values, first- and
 second-order gradients), the whole model's loss and gradients, a training run, and
 the errors for what cannot be sharded."""
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from energy_attn.sequence_sharding import SequenceSharding, sequence_sharding
+from energy_attn.sequence_sharding import SequenceSharding
 from energy_attn.tree import dual_chunk_permutation
 from models.bst import BSTLayer
 from models.config import BSTConfig, ModelConfig
@@ -54,15 +55,15 @@ def test_context_states_match_one_device_with_gradients(variant, layout):
     spec = spec_for(layout)
     perm = permutation(layout, spec)
     layer = BSTLayer(config(variant), with_ssm=True, rngs=nnx.Rngs(0))
+    sharded = BSTLayer(config(variant), with_ssm=True, rngs=nnx.Rngs(0), sequence_sharding=spec)   # same weights
     x = jax.random.normal(jax.random.key(1), (2, T, 8))
 
     def loss(layer, x):
         return jnp.sum(jnp.sin(layer.context_states(x)))
 
     want, want_grads = nnx.value_and_grad(loss, argnums=(0, 1))(layer, x)
-    with sequence_sharding(spec):
-        states = nnx.jit(lambda m, x: m.context_states(x))(layer, x[:, perm])
-        got, got_grads = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1)))(layer, x[:, perm])
+    states = nnx.jit(lambda m, x: m.context_states(x))(sharded, x[:, perm])
+    got, got_grads = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1)))(sharded, x[:, perm])
     np.testing.assert_allclose(blocks_to_natural(states, perm), layer.context_states(x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(got_grads[1], want_grads[1][:, perm], rtol=1e-4, atol=1e-5)
@@ -74,17 +75,18 @@ def test_context_states_second_order():
     perm = permutation("dual_chunk", spec)
     layer = BSTLayer(config("mh"), with_ssm=True, rngs=nnx.Rngs(0))
     graphdef, params, others = nnx.split(layer, nnx.Param, ...)
+    sharded_graphdef = nnx.split(BSTLayer(config("mh"), with_ssm=True, rngs=nnx.Rngs(0),
+                                          sequence_sharding=spec), nnx.Param, ...)[0]
     x = jax.random.normal(jax.random.key(1), (2, T, 8))
 
-    def loss(params, x):
+    def loss(graphdef, params, x):
         return jnp.sum(jnp.sin(nnx.merge(graphdef, params, others).context_states(x)))
 
-    def hvp(params, x):       # Hessian-vector product, direction = the point itself
-        return jax.jvp(jax.grad(loss, argnums=(0, 1)), (params, x), (params, x))[1]
+    def hvp(graphdef, params, x):       # Hessian-vector product, direction = the point itself
+        return jax.jvp(jax.grad(partial(loss, graphdef), argnums=(0, 1)), (params, x), (params, x))[1]
 
-    want = hvp(params, x)
-    with sequence_sharding(spec):
-        got = jax.jit(hvp)(params, x[:, perm])
+    want = hvp(graphdef, params, x)
+    got = jax.jit(partial(hvp, sharded_graphdef))(params, x[:, perm])
     np.testing.assert_allclose(got[1], want[1][:, perm], rtol=1e-3, atol=1e-4)
     assert_trees_close(got[0], want[0], rtol=1e-3, atol=1e-4)
 
@@ -93,6 +95,7 @@ def test_bst_loss_and_gradients_sharded_equal_one_device():
     spec = spec_for("dual_chunk")
     perm = permutation("dual_chunk", spec)
     model = build_model(config("mh"), rngs=nnx.Rngs(0))
+    sharded = build_model(config("mh"), rngs=nnx.Rngs(0), sequence_sharding=spec)    # same weights
     tokens = jax.random.randint(jax.random.key(2), (2, T), 0, 64)
     ids = jnp.asarray(np.repeat([[0] * 20 + [1] * 44], 2, axis=0))
 
@@ -100,8 +103,7 @@ def test_bst_loss_and_gradients_sharded_equal_one_device():
         return jnp.mean(model(tokens, segment_ids=ids) ** 2)
 
     want, want_grads = nnx.value_and_grad(loss)(model, tokens, ids)
-    with sequence_sharding(spec):
-        got, got_grads = nnx.jit(nnx.value_and_grad(loss))(model, tokens[:, perm], ids[:, perm])
+    got, got_grads = nnx.jit(nnx.value_and_grad(loss))(sharded, tokens[:, perm], ids[:, perm])
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert_trees_close(got_grads, want_grads, rtol=2e-4, atol=1e-6)
 
@@ -117,12 +119,12 @@ def test_bst_trains_sequence_sharded_like_one_device(tmp_path):
 def test_what_cannot_be_sharded_gives_clear_errors():
     from train.config import load_config
     spec = spec_for("dual_chunk")
-    model = build_model(config("mh"), rngs=nnx.Rngs(0))
-    with sequence_sharding(spec), pytest.raises(ValueError, match="pieces of whole blocks.*pieces of 6 tokens"):
+    model = build_model(config("mh"), rngs=nnx.Rngs(0), sequence_sharding=spec)
+    with pytest.raises(ValueError, match="pieces of whole blocks.*pieces of 6 tokens"):
         jax.jit(lambda t: nnx.merge(*nnx.split(model))(t))(jnp.zeros((2, 48), jnp.int32))
     fft_bst = BSTConfig(variant="mh", block_len=W, conv="fft", num_context_states=4, state_dim=4)
-    fft = build_model(dataclasses.replace(config("mh"), bst=fft_bst), rngs=nnx.Rngs(0))
-    with sequence_sharding(spec), pytest.raises(ValueError, match="model.bst.conv='fft' cannot be sequence-sharded"):
+    fft = build_model(dataclasses.replace(config("mh"), bst=fft_bst), rngs=nnx.Rngs(0), sequence_sharding=spec)
+    with pytest.raises(ValueError, match="model.bst.conv='fft' cannot be sequence-sharded"):
         jax.jit(lambda t: nnx.merge(*nnx.split(fft))(t))(jnp.zeros((2, T), jnp.int32))
     with pytest.raises(ValueError, match="model.bst.conv='fft' cannot be sequence-sharded"):
         load_config(None, ["model.name=bst", "model.bst.conv=fft", "mesh.seq=2"])

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from energy_attn.sequence_sharding import SequenceSharding, sequence_sharding
+from energy_attn.sequence_sharding import SequenceSharding
 from energy_attn.tree import dual_chunk_permutation
 from models.config import ModelConfig, SSMConfig, ZambaConfig
 from models.mamba import Mamba1, Mamba2
@@ -138,7 +138,9 @@ def test_the_carry_crosses_devices():
 def test_mixer_under_sequence_sharding_matches_one_device(cls, layout):
     spec = spec_for(layout)
     perm = permutation(layout, spec)
-    mixer = cls(16, state_dim=4, chunk_size=4, rngs=nnx.Rngs(0), **({"head_dim": 8} if cls is Mamba2 else {}))
+    kw = dict(state_dim=4, chunk_size=4, rngs=nnx.Rngs(0), **({"head_dim": 8} if cls is Mamba2 else {}))
+    mixer = cls(16, **kw)
+    sharded = cls(16, **{**kw, "rngs": nnx.Rngs(0)}, sequence_sharding=spec)      # same weights
     x = jax.random.normal(jax.random.key(1), (2, T, 16))
     ids = documents()
 
@@ -146,8 +148,7 @@ def test_mixer_under_sequence_sharding_matches_one_device(cls, layout):
         return jnp.mean(jnp.sin(m(x, segment_ids=ids)))
 
     want, want_grads = nnx.value_and_grad(loss, argnums=(0, 1))(mixer, x, ids)
-    with sequence_sharding(spec):
-        got, got_grads = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1)))(mixer, x[:, perm], ids[:, perm])
+    got, got_grads = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1)))(sharded, x[:, perm], ids[:, perm])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_grads[1], want_grads[1][:, perm], rtol=1e-4, atol=1e-6)
     for g, w in zip(jax.tree.leaves(got_grads[0]), jax.tree.leaves(want_grads[0])):
@@ -156,8 +157,8 @@ def test_mixer_under_sequence_sharding_matches_one_device(cls, layout):
 
 def test_pieces_shorter_than_the_conv_reach_give_a_clear_error():
     spec = spec_for("dual_chunk", data=1, seq=8)               # 16 pieces of T/16 = 2 < 3 tokens
-    mixer = Mamba2(16, state_dim=4, head_dim=8, rngs=nnx.Rngs(0))
-    with sequence_sharding(spec), pytest.raises(ValueError, match="pieces of at least conv_width - 1 = 3"):
+    mixer = Mamba2(16, state_dim=4, head_dim=8, rngs=nnx.Rngs(0), sequence_sharding=spec)
+    with pytest.raises(ValueError, match="pieces of at least conv_width - 1 = 3"):
         jax.jit(lambda x: nnx.merge(*nnx.split(mixer))(x))(jnp.zeros((1, T, 16)))
 
 
@@ -169,6 +170,7 @@ def test_zamba_loss_and_gradients_sharded_equal_one_device(kind):
                       ssm=SSMConfig(kind=kind, state_dim=4, head_dim=8, chunk_size=4),
                       zamba=ZambaConfig(shared_every=2))
     model = build_model(cfg, rngs=nnx.Rngs(0))
+    sharded = build_model(cfg, rngs=nnx.Rngs(0), sequence_sharding=spec)          # same weights
     tokens = jax.random.randint(jax.random.key(2), (2, T), 0, 64)
     ids, positions = documents(), jnp.broadcast_to(jnp.arange(T), (2, T))
 
@@ -176,9 +178,8 @@ def test_zamba_loss_and_gradients_sharded_equal_one_device(kind):
         return jnp.mean(model(tokens, segment_ids=ids, positions=positions) ** 2)
 
     want, want_grads = nnx.value_and_grad(loss)(model, tokens, ids, positions)
-    with sequence_sharding(spec):
-        got, got_grads = nnx.jit(nnx.value_and_grad(loss))(model, tokens[:, perm], ids[:, perm],
-                                                              positions[:, perm])
+    got, got_grads = nnx.jit(nnx.value_and_grad(loss))(sharded, tokens[:, perm], ids[:, perm],
+                                                      positions[:, perm])
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6)
@@ -191,3 +192,32 @@ def test_zamba_trains_sequence_sharded_like_one_device(tmp_path):
     sharded = train_losses([*zamba, "mesh.data=2", "mesh.seq=4"], tmp_path / "sharded")
     assert len(one) == 3
     np.testing.assert_allclose(sharded, one, rtol=0, atol=1e-5)
+
+
+def test_sharding_is_a_constructor_argument_and_unshardable_models_say_so():
+    """build_model hands the spec to the layers (no hidden global); a model whose builder
+    takes no sequence_sharding is refused by build_model and by config validation."""
+    from models.registry import MODELS, register_model
+    from train.config import load_config
+    spec = spec_for("dual_chunk")
+    cfg = ModelConfig(name="zamba", vocab_size=64, max_seq_len=T, d_model=16, num_layers=2, num_heads=2,
+                      ssm=SSMConfig(kind="mamba2", state_dim=4, head_dim=8, chunk_size=4),
+                      zamba=ZambaConfig(shared_every=2))
+    model = build_model(cfg, rngs=nnx.Rngs(0), sequence_sharding=spec)
+    assert model.shared[0].attn.sequence_sharding == spec
+    assert all(layer.mixer.sequence_sharding == spec for layer in model.layers)
+    assert build_model(cfg, rngs=nnx.Rngs(0)).shared[0].attn.sequence_sharding is None
+    one_shard = spec_for("dual_chunk", data=8, seq=1)           # a size-1 axis: one device
+    assert build_model(cfg, rngs=nnx.Rngs(0), sequence_sharding=one_shard).shared[0].attn.sequence_sharding is None
+
+    @register_model("test_unshardable")
+    def _build(cfg, *, rngs):
+        return nnx.Linear(2, 2, rngs=rngs)
+    try:
+        with pytest.raises(ValueError, match="'test_unshardable' cannot run sequence-sharded"):
+            build_model(ModelConfig(name="test_unshardable"), rngs=nnx.Rngs(0), sequence_sharding=spec)
+        assert isinstance(build_model(ModelConfig(name="test_unshardable"), rngs=nnx.Rngs(0)), nnx.Linear)
+    finally:
+        del MODELS["test_unshardable"]
+    with pytest.raises(ValueError, match="model.name='energy_transformer' cannot be sequence-sharded"):
+        load_config(None, ["model.name=energy_transformer", "mesh.seq=2"])

@@ -41,12 +41,12 @@ def bench_sharded_step(overrides=(), *, steps: int = 8, log=lambda m: print(m, f
         mesh = make_mesh(cfg_run)
         spec = sequence_spec(cfg_run, mesh)
         layout = sequence_layout(spec, cfg.data.seq_len)
-        model = build_model(cfg.model, rngs=nnx.Rngs(params=0, dropout=1))
+        model = build_model(cfg.model, rngs=nnx.Rngs(params=0, dropout=1), sequence_sharding=spec)
         optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, 1000), wrt=nnx.Param)
         sharding = NamedSharding(mesh, P(None, "data", "seq"))
         put = lambda b, layout=layout, sharding=sharding: jax.device_put(  # noqa: E731
             {k: v[..., layout] if layout is not None else v for k, v in b.items()}, sharding)
-        runs[name] = dict(model=model, optimizer=optimizer, step=make_train_step(1, spec), put=put,
+        runs[name] = dict(model=model, optimizer=optimizer, step=make_train_step(1), put=put,
                           times=[], losses=[])
     log(f"bench sharded step: {cfg.model.num_layers} layers, d_model {cfg.model.d_model}, batch "
         f"{cfg.train.batch_size} x {cfg.data.seq_len} tokens, mesh data={cfg.mesh.data} seq={cfg.mesh.seq} "

@@ -28,7 +28,7 @@ from train.data import build_data
 from train.loop import make_optimizer, make_train_step
 
 
-def _dpa_heads(self, q, k, v, mask):
+def _dpa_heads(self, q, k, v, mask, *, sharded: bool = True):
     """The baseline: XLA's own attention with the same (dense) mask."""
     allowed = ea.allowed_pairs(mask, q.shape[1], k.shape[1])
     return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation="xla")

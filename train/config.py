@@ -497,6 +497,7 @@ def validate(cfg: Config) -> Config:
 
     # --- model
     errors.append(_check_model_name(m.name))
+    errors.append(_check_shardable(m.name, cfg.mesh.seq))
     for key in ("vocab_size", "max_seq_len", "d_model", "num_layers", "num_heads"):
         positive(f"model.{key}", getattr(m, key))
     if m.num_heads >= 1 and m.d_model >= 1:
@@ -628,6 +629,18 @@ def validate(cfg: Config) -> Config:
             raise ValueError(f"invalid config: {errors[0]}")
         raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
     return cfg
+
+
+def _check_shardable(name: str, seq: int) -> str | None:
+    """mesh.seq > 1 needs a model whose builder takes `sequence_sharding` (models/registry.py)."""
+    import inspect
+
+    from models.registry import MODELS as models
+    if seq <= 1 or name not in models:
+        return None
+    if "sequence_sharding" in inspect.signature(models[name]).parameters:
+        return None
+    return f"model.name={name!r} cannot be sequence-sharded (mesh.seq={seq}); use mesh.seq=1"
 
 
 def _check_model_name(name: str) -> str | None:

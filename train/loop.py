@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from energy_attn.sequence_sharding import SequenceSharding, sequence_sharding
+from energy_attn.sequence_sharding import SequenceSharding
 from models import build_model, generate, num_params
 from train.checkpoint import Checkpointer
 from train.config import Config, OptimConfig, dump_yaml, to_dict
@@ -114,17 +114,10 @@ def accumulated_step(model, optimizer, batch, grad_accum: int):
     return total_loss, optax.tree.norm(total_grads)
 
 
-def make_train_step(grad_accum: int, spec: SequenceSharding | None = None):
+def make_train_step(grad_accum: int):
     """`step(model, optimizer, batch) -> (loss, grad_norm)` with nnx.jit: simple, and what
-    the benchmarks that swap models call. The trainer uses `TrainStep`, which is faster.
-    Built per run: the sequence-sharding setting is read while it traces, so a step traced
-    for one mesh must not serve another."""
-    jitted = nnx.jit(partial(accumulated_step, grad_accum=grad_accum))
-
-    def train_step(model, optimizer, batch):
-        with sequence_sharding(spec):
-            return jitted(model, optimizer, batch)
-    return train_step
+    the benchmarks that swap models call. The trainer uses `TrainStep`, which is faster."""
+    return nnx.jit(partial(accumulated_step, grad_accum=grad_accum))
 
 
 class TrainStep:
@@ -132,14 +125,13 @@ class TrainStep:
     model's and optimizer's state. The module graph is split once here; nnx.jit would walk
     and rebuild it on every call, which costs a visible share of a small model's step.
 
-        step = TrainStep(model, optimizer, grad_accum, spec)
+        step = TrainStep(model, optimizer, grad_accum)
         loss, grad_norm = step(batch)       # device arrays: reading them waits for the step
         step.sync()                         # model and optimizer objects <- the current state
     """
 
-    def __init__(self, model, optimizer, grad_accum: int = 1, spec: SequenceSharding | None = None):
+    def __init__(self, model, optimizer, grad_accum: int = 1):
         self._objects = (model, optimizer)
-        self._spec = spec
         graphdef, self.state = nnx.split(self._objects)
 
         def pure(state, batch):
@@ -149,8 +141,7 @@ class TrainStep:
         self._jitted = jax.jit(pure)
 
     def __call__(self, batch):
-        with sequence_sharding(self._spec):
-            self.state, loss, grad_norm = self._jitted(self.state, batch)
+        self.state, loss, grad_norm = self._jitted(self.state, batch)
         return loss, grad_norm
 
     def sync(self) -> None:
@@ -158,13 +149,8 @@ class TrainStep:
         nnx.update(self._objects, self.state)
 
 
-def make_eval_step(spec: SequenceSharding | None = None):
-    jitted = nnx.jit(partial(loss_fn, deterministic=True))
-
-    def eval_step(model, batch):
-        with sequence_sharding(spec):
-            return jitted(model, batch)
-    return eval_step
+def make_eval_step():
+    return nnx.jit(partial(loss_fn, deterministic=True))
 
 
 def evaluate(model, val_batches, put, eval_step=None) -> float:
@@ -241,7 +227,8 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
 
-    model = build_model(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed, dropout=cfg.train.seed + 1))
+    model = build_model(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed, dropout=cfg.train.seed + 1),
+                        sequence_sharding=spec)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
     # Replicate every parameter and optimizer slot over the mesh (data parallelism).
     nnx.update(model, to_global(nnx.state(model), replicated))
@@ -289,8 +276,8 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
             return to_global(batch, batch_sharding)
         return to_global(batch, NamedSharding(mesh, P("data", "seq")))
 
-    train_step = TrainStep(model, optimizer, accum, spec)
-    eval_step = make_eval_step(spec)
+    train_step = TrainStep(model, optimizer, accum)
+    eval_step = make_eval_step()
     lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     bar = ProgressBar(cfg.train.steps, initial_step=start_step,
