@@ -301,13 +301,6 @@ def test_unknown_model_name(fake_model_registry):
         load_config(None, ["model.name=zambaa"])
 
 
-def test_model_registry_that_fails_to_import_is_skipped(monkeypatch):
-    import models
-    monkeypatch.setitem(sys.modules, "models.registry", None)    # makes the import raise
-    monkeypatch.delattr(models, "registry", raising=False)
-    assert load_config(None, ["model.name=anything"]).model.name == "anything"
-
-
 # ------------------------------------------------------------------ output
 
 
