@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from .config import BSTConfig, ModelConfig, SSMConfig, ZambaConfig
 from .bst import BlockStateTransformer
+from .config import BSTConfig, ModelConfig, SSMConfig, ZambaConfig
 from .mamba import Mamba1, Mamba2
 from .registry import MODELS, build_model
 
@@ -267,6 +267,15 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _seconds_per_call(fn, n: int) -> float:
+    """Mean wall seconds of n calls of fn() after one compile-and-warm-up call."""
+    jax.block_until_ready(fn())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        jax.block_until_ready(fn())
+    return (time.perf_counter() - t0) / n
+
+
 def mamba_layers(lengths=(4096, 16384), d_model: int = 128, repeats: int = 3):
     """Print fwd+bwd seconds of one Mamba-1 and one Mamba-2 layer (batch 1, default
     sizes), measured side by side in one run:
@@ -278,29 +287,18 @@ def mamba_layers(lengths=(4096, 16384), d_model: int = 128, repeats: int = 3):
         for cls in (Mamba1, Mamba2):
             layer = cls(d_model, rngs=nnx.Rngs(0))
             step = nnx.jit(nnx.grad(lambda m, x: (m(x) ** 2).mean()))
-            jax.block_until_ready(step(layer, x))            # compile
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                jax.block_until_ready(step(layer, x))
-            row.append((time.perf_counter() - t0) / repeats)
+            row.append(_seconds_per_call(lambda: step(layer, x), repeats))
         print(f"T={length:6d}  mamba1 {row[0]:.3f} s  mamba2 {row[1]:.3f} s  "
               f"(mamba1 / mamba2 = {row[0] / row[1]:.2f})", flush=True)
 
 
 def bst_decode(max_lens=(1024, 4096), variants=("mh", "sh"), d_model: int = 128,
-                     num_layers: int = 4, steps: int = 20, log=print) -> list[dict]:
+               num_layers: int = 4, steps: int = 20, log=print) -> list[dict]:
     """Per-token decode time, side by side in one run: the recurrent cache against
     re-running the forward pass over a max_len token history for every token (what a
     cache-less BST must do). Batch 1, one jitted call per token:
         python -c "from models.bench_models import bst_decode; bst_decode()"
     """
-    def per_call(fn, n):
-        jax.block_until_ready(fn())                                  # compile and warm up
-        t0 = time.perf_counter()
-        for _ in range(n):
-            jax.block_until_ready(fn())
-        return (time.perf_counter() - t0) / n
-
     rows = []
     for variant in variants:
         cfg = ModelConfig(name="bst", vocab_size=256, max_seq_len=max(max_lens), d_model=d_model,
@@ -320,8 +318,8 @@ def bst_decode(max_lens=(1024, 4096), variants=("mh", "sh"), d_model: int = 128,
         for max_len in max_lens:
             history = jnp.zeros((1, max_len), jnp.int32)
             cache = nnx.merge(graphdef, state).init_cache(1, max_len)
-            old = per_call(lambda: recompute(state, history, jnp.int32(max_len // 2), token), steps)
-            new = per_call(lambda: recurrent(state, token, cache), steps)
+            old = _seconds_per_call(lambda: recompute(state, history, jnp.int32(max_len // 2), token), steps)
+            new = _seconds_per_call(lambda: recurrent(state, token, cache), steps)
             size = sum(x.nbytes for x in jax.tree.leaves(cache))
             rows.append(dict(variant=variant, max_len=max_len, recompute_s=old, recurrent_s=new,
                              cache_bytes=size))

@@ -32,6 +32,11 @@ def register_model(name: str):
     return add
 
 
+def can_shard(name: str) -> bool:
+    """Whether the model registered under `name` takes a `sequence_sharding` (mesh.seq > 1)."""
+    return "sequence_sharding" in inspect.signature(MODELS[name]).parameters
+
+
 def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding=None) -> nnx.Module:
     """The model registered under `cfg.name`, built from `cfg`; with `sequence_sharding`
     (a SequenceSharding over more than one device) its layers split the sequence."""
@@ -42,7 +47,7 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding=None) -> 
     builder = MODELS[cfg.name]
     if sequence_sharding is None or sequence_sharding.num_shards == 1:
         return builder(cfg, rngs=rngs)
-    if "sequence_sharding" not in inspect.signature(builder).parameters:
+    if not can_shard(cfg.name):
         raise ValueError(f"model {cfg.name!r} cannot run sequence-sharded (its builder takes no "
                          "sequence_sharding); use mesh.seq=1")
     return builder(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

@@ -110,7 +110,7 @@ def ssd_scan(x, dt, a, B, C, D, *, h0=None, starts=None, chunk_size: int = 64):
     Every chunk is computed at once (batched matmuls over a leading chunk axis); only
     the (H, P, N) states passed between chunks form a recurrence, a short
     `associative_scan` of elementwise ops. Measured on CPU, forward + backward at
-    T = 2048, H = 6, P = 32, N = 16: 55 ms as a `lax.scan` over 64-token chunks,
+    T = 2048, H = 6, P = 32, N = 16: 55 ms as a `lax.scan` over 64-token chunks (00f1285),
     34-44 ms vectorised at chunk 64, 15-17 ms vectorised at chunk 16.
     """
     batch, length, heads, p = x.shape

@@ -633,12 +633,10 @@ def validate(cfg: Config) -> Config:
 
 def _check_shardable(name: str, seq: int) -> str | None:
     """mesh.seq > 1 needs a model whose builder takes `sequence_sharding` (models/registry.py)."""
-    import inspect
-
-    from models.registry import MODELS as models
-    if seq <= 1 or name not in models:
+    if seq <= 1:
         return None
-    if "sequence_sharding" in inspect.signature(models[name]).parameters:
+    from models.registry import MODELS, can_shard
+    if name not in MODELS or can_shard(name):
         return None
     return f"model.name={name!r} cannot be sequence-sharded (mesh.seq={seq}); use mesh.seq=1"
 
