@@ -97,7 +97,7 @@ def attention_energy(g, wq, wk, *, beta=None, mask: Mask | None = None, key_toke
     b = per_head_beta(beta, h, y)
     q = project(g, wq)
     k = project(g if key_tokens is None else key_tokens, wk)
-    s = scores(q, k, mask=_pair_mask(q.shape[1], k.shape[1], mask), beta=b[:, None, None])
+    s = scores(q, k, mask=_pair_mask(q.shape[1], k.shape[1], mask), beta=b)
     lse = logsumexp(s, axis=-1)          # (B, H, T); 0 on rows that see no key
     return -jnp.sum(lse / b[:, None], axis=(1, 2))
 
@@ -155,19 +155,22 @@ def energy_and_update(x, p: ETParams, *, beta=None, mask: Mask | None = None,
 
 
 def descend(x, p: ETParams, *, steps: int = 12, alpha: float = 0.1, beta=None,
-            mask: Mask | None = None, causal: bool = False, eps: float = 1e-5):
+            mask: Mask | None = None, causal: bool = False, eps: float = 1e-5,
+            return_states: bool = False):
     """Run x ← x − α ∂E/∂g for `steps` steps. Returns (final x, trajectory) where the
-    trajectory holds each energy term at every state, shape (steps + 1, B)."""
+    trajectory holds each energy term at every state, shape (steps + 1, B), and with
+    `return_states` also the state before each step, "x": (steps, B, T, D)."""
     def step(x, _):
         terms, dEdg = energy_and_update(x, p, beta=beta, mask=mask, causal=causal, eps=eps)
-        return x - alpha * dEdg, terms
+        return x - alpha * dEdg, (terms, x) if return_states else terms
 
     # lax.scan: the one weight-tied step is traced and compiled once, however many steps.
     x_final, traj = jax.lax.scan(step, x, None, length=steps)
+    traj, states = traj if return_states else (traj, None)
     last = energy_terms(activations(x_final, p.gamma, p.delta, eps=eps), p, beta=beta,
                         mask=with_causal(mask) if causal else mask)
     traj = jax.tree.map(lambda t, l: jnp.concatenate([t, l[None]], axis=0), traj, last)
-    return x_final, traj
+    return x_final, (traj if states is None else {**traj, "x": states})
 
 
 # ------------------------------------------------------------------ the layer
@@ -205,6 +208,7 @@ class EnergyTransformerBlock(nnx.Module):
         # Hashable static: a float, or a tuple of per-head floats.
         self.beta = None if beta is None else (
             float(beta) if jnp.ndim(beta) == 0 else tuple(float(b) for b in beta))
+        self.attention_recorder = None     # set by ea.record_attention while pictures are taken
 
     def params(self) -> ETParams:
         return ETParams(self.wq[...], self.wk[...], self.xi[...], self.gamma[...], self.delta[...])
@@ -230,11 +234,26 @@ class EnergyTransformerBlock(nnx.Module):
         The dynamics run in float32 (descent is a sum of many small steps).
         """
         dtype = x.dtype
+        recording = self.attention_recorder is not None
         x, traj = descend(x.astype(jnp.float32), self.params(), steps=self.steps,
                           alpha=self.alpha, beta=self.beta, mask=mask, causal=self.causal,
-                          eps=self.eps)
+                          eps=self.eps, return_states=recording)
+        if recording:
+            self._record(traj.pop("x"), mask)
         x = x.astype(dtype)
         return (x, traj) if return_trajectory else x
+
+    def _record(self, states, mask: Mask | None):
+        """Each descent step's attention, as softmax over the keys B ≠ C (B < C if causal):
+        the map ∂E_ATT/∂s that the step's update follows."""
+        p = self.params()
+        heads, head_dim = p.wq.shape[:2]
+        beta = per_head_beta(self.beta, heads, head_dim)
+        for x in states:
+            g = activations(x, p.gamma, p.delta, eps=self.eps)
+            q, k = project(g, p.wq), project(g, p.wk)
+            pairs = _pair_mask(q.shape[1], k.shape[1], self._mask(mask))
+            self.attention_recorder.add("softmax", q, k, mask=pairs, params={"beta": beta})
 
 
 # ------------------------------------------- ET attention as a contract energy
@@ -252,7 +271,5 @@ def et_attention(q, k, v, zeta, *, mask=None, beta=None, steps=12, alpha=0.1, nu
     against this signature); the attention energy itself ignores them.
     """
     del steps, alpha, num_memories
-    if beta is not None and jnp.ndim(beta) == 1:
-        beta = jnp.asarray(beta)[:, None, None]
     s = scores(q, k, mask=_pair_mask(q.shape[1], k.shape[1], mask), beta=beta)
     return logsumexp(s + source(zeta, v), axis=-1).sum()

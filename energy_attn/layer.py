@@ -69,6 +69,7 @@ class EnergyAttention(nnx.Module):
         self.context_dim = d_model if context_dim is None else context_dim
         self.use_rope, self.rope_base, self.dtype = use_rope, rope_base, dtype
         self.sequence_sharding = active(sequence_sharding)
+        self.attention_recorder = None     # set by ea.record_attention while pictures are taken
 
         linear = partial(nnx.Linear, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = linear(d_model, num_heads * head_dim)
@@ -121,6 +122,9 @@ class EnergyAttention(nnx.Module):
             cache = cache.append(k, v)
             k, v = cache.k, cache.v
 
+        if self.attention_recorder is not None:
+            self.attention_recorder.add(self.energy, q, k, mask=mask, params=dict(self.energy_params),
+                                        cross=context is not None)
         # Only self-attention over the whole sequence is sharded; decoding runs on one device.
         sharded = context is None and cache is None
         out = self.attend_heads(q, k, v, mask, sharded=sharded)

@@ -30,11 +30,21 @@ def allowed_pairs(mask: Mask | None, tq: int, tk: int):
     return as_mask(mask).allowed(0, tq, 0, tk, tq, tk)
 
 
-def dot_scores(q, k, beta: float | None = None):
-    """β q_i·k_j as (B, H, Tq, Tk), without any mask."""
-    beta = default_beta(q.shape[-1]) if beta is None else beta
+def score_beta(beta, q):
+    """β shaped to scale (B, H, Tq, Tk) scores: a scalar, or (H, 1, 1) for one β per query
+    head (given as (H,)). None: 1/sqrt(head_dim)."""
+    beta = jnp.asarray(default_beta(q.shape[-1]) if beta is None else beta)
+    if beta.ndim == 1:
+        if beta.shape[0] != q.shape[-2]:
+            raise ValueError(f"per-head beta has {beta.shape[0]} values for {q.shape[-2]} query heads")
+        return beta[:, None, None]
+    return beta
+
+
+def dot_scores(q, k, beta=None):
+    """β q_i·k_j as (B, H, Tq, Tk), without any mask. β: a scalar or one per query head (H,)."""
     k = expand_kv_heads(k, q.shape[-2])
-    return beta * jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    return score_beta(beta, q) * jnp.einsum("bqhd,bkhd->bhqk", q, k)
 
 
 def apply_mask(s, mask: Mask | None):
@@ -48,8 +58,9 @@ def apply_mask(s, mask: Mask | None):
     return s if ok is None else jnp.where(ok, s, -jnp.inf)
 
 
-def scores(q, k, *, mask: Mask | None = None, beta: float | None = None):
-    """Masked scores s_ij = β q_i·k_j + bias_ij, -inf where excluded."""
+def scores(q, k, *, mask: Mask | None = None, beta=None):
+    """Masked scores s_ij = β q_i·k_j + bias_ij, -inf where excluded. β: a scalar or one per
+    query head (H,); default 1/sqrt(head_dim)."""
     return apply_mask(dot_scores(q, k, beta), mask)
 
 
@@ -129,9 +140,7 @@ def blockwise_sum(row_energy, q, k, v, zeta, *, mask: Mask | None = None, beta=N
     """
     mask = as_mask(mask)
     tq, tk = q.shape[1], k.shape[1]
-    beta = default_beta(q.shape[-1]) if beta is None else beta
-    beta = jnp.asarray(beta)
-    beta = beta[:, None, None] if beta.ndim == 1 else beta
+    beta = score_beta(beta, q)
     block_q = tq if mask.has_dynamic_offset else unrolled_block_size(tq, block_q)
     k_all, v_all = expand_kv_heads(k, q.shape[-2]), expand_kv_heads(v, q.shape[-2])
     total = 0.0

@@ -27,6 +27,28 @@ def test_user_energy_in_own_code_needs_no_registration():
     np.testing.assert_allclose(ea.attend("test_cosine_softmax", q, k, v, mask=ea.causal(), temperature=0.2), out)
 
 
+def test_user_energy_gets_per_head_beta_from_scores():
+    """ea.scores takes one β per query head, so a user energy passes `beta` through as is:
+    attending with β = (b0, b1, ...) equals attending head by head with each scalar."""
+    def my_softmax(q, k, v, zeta, *, mask, beta=None):
+        return ea.logsumexp(ea.scores(q, k, mask=mask, beta=beta) + ea.source(zeta, v), axis=-1).sum()
+
+    q, k, v = make_qkv()
+    heads = q.shape[2]
+    betas = jnp.linspace(0.2, 1.5, heads)
+    out = ea.attend(my_softmax, q, k, v, mask=ea.causal(), beta=betas)
+    allowed = jnp.asarray(ref.dense_allowed(2, 12, 12, causal=True))
+    kk, vv = (jnp.repeat(a, heads // a.shape[2], axis=2) for a in (k, v))
+    for h in range(heads):
+        want = ref.softmax_attention(q[:, :, h:h + 1], kk[:, :, h:h + 1], vv[:, :, h:h + 1], allowed,
+                                     float(betas[h]))
+        np.testing.assert_allclose(out[:, :, h:h + 1], want, atol=1e-5)
+    # and the built-in softmax agrees with it
+    np.testing.assert_allclose(ea.attend("softmax", q, k, v, mask=ea.causal(), beta=betas), out, atol=1e-5)
+    with pytest.raises(ValueError, match="per-head beta has 3 values"):
+        ea.scores(q, k, beta=jnp.ones(3))
+
+
 def test_grad_of_grad_through_user_energy():
     def my_energy(q, k, v, zeta, *, mask):
         return ea.logsumexp(ea.scores(q, k, mask=mask) + ea.source(zeta, v), axis=-1).sum()

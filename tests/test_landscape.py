@@ -139,22 +139,60 @@ def test_energy_curves_fall(tmp_path):
 
 def test_model_pictures_from_a_tiny_run(tiny_run, tmp_path):
     from train.run import load_run
-    res = ls.plot_model(load_run(tiny_run), tmp_path, grid=10)
-    w = res["attention"]["weights"][0]                             # layer 0: (H, T, T)
-    T = len(res["attention"]["tokens"])
-    assert w.shape == (2, T, T)
+    _, tokenizer, model, step = load_run(tiny_run)
+    res = ls.plot_model(model, tokenizer, tmp_path, step=step, grid=10)
+    T = len(res["tokens"])
+    assert T == 32 and res["truncated"]                            # the 67-byte prompt, cut and said so
+    w = res["maps"][0].weights                                     # layer 0: (H, T, T)
+    assert w.shape == (2, T, T) and res["maps"][0].name == "blocks.0.attn"
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)          # softmax rows
     assert np.allclose(np.triu(w, 1), 0.0)                          # causal
     heads = res["heads"]
-    assert heads["codes"].shape == (1, 2) and set(heads["names"]) == {"global", "metastable", "single"}
-    # the last query row (it sees every key) gets classify_heads' own code
-    codes, _ = hopfield.classify_heads(jnp.asarray(heads["weights"][:, :, -1]))
-    rows = np.where(heads["top_k"][..., -1] <= 1, 2, np.where(heads["top_k"][..., -1] > T / 2, 0, 1))
-    np.testing.assert_array_equal(np.asarray(codes), rows)
+    assert heads["codes"].shape == (2,) and set(heads["names"]) == {"global", "metastable", "single"}
+    # a map whose every row sees every key gets classify_heads' own code per head
+    full = ls.AttentionMap("m", None, None, w[:, -1:, :], np.ones((2, 1, T), bool), False, "softmax", {})
+    codes, _ = hopfield.classify_heads(jnp.asarray(w[:, -1]))
+    np.testing.assert_array_equal(ls.classify_map(full, min_keys=1)[0], np.asarray(codes))
     land = res["landscape"]
     assert land["values"].shape == (10, 10) and np.isfinite(land["values"]).all()
     for name in ("model_attention.png", "model_heads.png", "model_landscape.png"):
         assert is_png(tmp_path / name), name
+
+
+def test_model_attention_is_the_layer_attention_of_every_zoo_model():
+    """Pictures read attention from the layers themselves: each recorded map is the energy's
+    ∂F/∂s on the q, k the layer used, rows sum to 1 over the keys the mask allows, and the
+    hybrid's shared block, the BST's block attention and the ET's descent steps all appear."""
+    from flax import nnx
+
+    from models import build_model
+    from train.config import load_config
+    tokens = np.arange(40) % 50 + 10
+    expect = {"transformer_small": ["blocks.0.attn", "blocks.1.attn"],
+              "zamba_small": ["shared.0.attn (call 1 of 3)", "shared.0.attn (call 3 of 3)"],
+              "bst_small": ["layers.0.attn, 2 blocks", "layers.2.cross, 2 blocks"],
+              "energy_transformer": ["block (call 1 of 12)", "block (call 12 of 12)"]}
+    for name, names in expect.items():
+        cfg = load_config(f"configs/{name}.yaml")
+        maps = ls.model_attention(build_model(cfg.model, rngs=nnx.Rngs(0)), tokens)
+        for n in names:
+            assert n in [m.name for m in maps], (name, [m.name for m in maps])
+        for m in maps:
+            H, Tq, Tk = m.weights.shape
+            assert Tq == 40 and m.allowed.shape == (H, Tq, Tk)
+            assert np.all(m.weights[~m.allowed] == 0), (name, m.name)
+            sums = m.weights.sum(-1)
+            sees = m.allowed.any(-1)
+            np.testing.assert_allclose(sums[sees], 1.0, atol=1e-5, err_msg=f"{name} {m.name}")
+            if not m.cross:       # self-attention: causal, and the same map from the recorded q, k
+                assert not np.any(np.triu(m.allowed, 1)), (name, m.name)
+                ref = ea.attention_weights(m.energy, jnp.asarray(m.q[None]), jnp.asarray(m.k[None]),
+                                           mask=ea.explicit(jnp.asarray(m.allowed[None])), **m.params)
+                np.testing.assert_allclose(np.asarray(ref[0]), m.weights, atol=1e-5, err_msg=f"{name} {m.name}")
+    # BST blocks of 32: the second block's queries see none of the first block's keys
+    cfg = load_config("configs/bst_small.yaml")
+    att = ls.model_attention(build_model(cfg.model, rngs=nnx.Rngs(0)), tokens)[0]
+    assert not att.allowed[:, 32:, :32].any() and att.allowed[:, 33, 32:34].all()
 
 
 def _pngs_and_index(out):

@@ -571,7 +571,8 @@ def _add_viz(sub):
 
     q = _parser(viz, "model", help="a trained run: attention maps, head classes, a head's landscape",
                 description=("Writes model_attention.png, model_heads.png and model_landscape.png for\n"
-                             "a prompt: the energy's attention map per layer/head, each head's class\n"
+                             "a prompt and any zoo model (transformer, hybrid, BST, energy transformer):\n"
+                             "the attention map of every attention call and head, each head's class\n"
                              "(global / metastable / single), and one head's energy landscape in the\n"
                              "plane of its two strongest keys."),
                 example='energy-attn viz model --run runs/default --prompt "The energy of" --layer 1 --head 0')
@@ -584,7 +585,10 @@ def _add_viz(sub):
 def _model_options(q):
     q.add_argument("--prompt", default=None,
                    help="prompt for the model pictures (default: a built-in sentence)")
-    q.add_argument("--layer", type=int, default=0, help="layer of the head landscape (default 0)")
+    q.add_argument("--layer", type=int, default=0,
+                   help="attention call of the head landscape, counted in call order as in "
+                        "model_attention.png's titles: the transformer's layer; the hybrid's shared "
+                        "block per site; the BST's attn/cross per layer (default 0)")
     q.add_argument("--head", type=int, default=0, help="head of the head landscape (default 0)")
     q.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
 
@@ -613,26 +617,39 @@ def _viz(args):
         raise CLIError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
+def _run_summary(run_dir, step) -> dict:
+    """What index.html says about the run: model, energy, size, checkpoint, last val loss."""
+    from train.compare import summarize
+    row = summarize(run_dir)
+    facts = {"run": str(run_dir), "model": row["model"], "energy": row["energy"],
+             "parameters": f"{row['params']:,}" if row["params"] else "unknown",
+             "checkpoint step": step, "last logged step": row["step"]}
+    if row["val_loss"] is not None:
+        facts["last val loss"] = f"{row['val_loss']:.4f}"
+    return facts
+
+
 def _viz_picture(args):
     from energy_attn import landscape as ls
     say = lambda path: print(f"wrote {path}", file=sys.stderr)    # noqa: E731
     kind = args.picture
     if kind in ("report", "model"):
         prompt = args.prompt if args.prompt is not None else ls.DEFAULT_PROMPT
-        loaded = None
+        model = tokenizer = step = None
         if args.run is not None:     # load first: a bad run directory fails before any plotting
             from train.run import load_run
-            loaded = load_run(args.run, which=args.checkpoint)
+            _, tokenizer, model, step = load_run(args.run, which=args.checkpoint)
         if kind == "report":
-            res = ls.report(args.out, loaded=loaded, run_label=args.run, seed=args.seed, grid=args.grid,
-                            prompt=prompt, layer=args.layer, head=args.head,
-                            log=lambda m: print(m, file=sys.stderr))
+            res = ls.report(args.out, model=model, tokenizer=tokenizer, step=step, name=args.run,
+                            summary=None if args.run is None else _run_summary(args.run, step),
+                            seed=args.seed, grid=args.grid, prompt=prompt, index=args.layer,
+                            head=args.head, log=lambda m: print(m, file=sys.stderr))
             print(res["index"])
             return 0
-        res = ls.plot_model(loaded, args.out, prompt=prompt, layer=args.layer, head=args.head,
-                            grid=args.grid)
-        for r in res.values():
-            say(r["path"])
+        res = ls.plot_model(model, tokenizer, args.out, prompt=prompt, step=step, index=args.layer,
+                            head=args.head, grid=args.grid, name=args.run)
+        for key in ("attention", "heads", "landscape"):
+            say(res[key]["path"])
         return 0
     if kind == "landscape":
         _check_energies("--energy", args.energy)

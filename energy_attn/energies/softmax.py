@@ -23,14 +23,8 @@ from ..registry import register_energy
 
 
 def softmax_reference(q, k, v, zeta, *, mask=None, beta=None):
-    s = scores(q, k, mask=mask, beta=_per_head_beta(beta, q)) + source(zeta, v)
+    s = scores(q, k, mask=mask, beta=beta) + source(zeta, v)
     return logsumexp(s, axis=-1).sum()
-
-
-def _per_head_beta(beta, q):
-    beta = default_beta(q.shape[-1]) if beta is None else beta
-    beta = jnp.asarray(beta)
-    return beta[:, None, None] if beta.ndim == 1 else beta  # (H,) -> broadcast over (B,H,Tq,Tk)
 
 
 @register_energy("softmax")

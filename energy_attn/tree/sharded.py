@@ -40,7 +40,6 @@ from jax.sharding import PartitionSpec as P
 from ..autodiff import all_symbolic_zero, instantiate_zeros
 from ..energies.linear import dense_num_den, features
 from ..energies.sigmoid import sigmoid as sigmoid_energy
-from ..energies.softmax import _per_head_beta
 from ..kernels import softmax_attention
 from ..masks import Mask, as_mask, causal, padding
 from ..primitives import default_beta, expand_kv_heads, logsumexp, scores, source
@@ -140,7 +139,7 @@ class Combine:
 
 
 def _lse_rows_reference(q, k, v, zeta, mask, beta):
-    s = scores(q, k, mask=mask, beta=_per_head_beta(beta, q)) + source(zeta, v)
+    s = scores(q, k, mask=mask, beta=beta) + source(zeta, v)
     return logsumexp(s, axis=-1)                                # (B, H, Tq)
 
 
