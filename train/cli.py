@@ -161,10 +161,7 @@ def _bench_train(args):
     if args.recipe:
         print(format_recipe(bench_recipe(args.config, args.overrides)))
         return 0
-    try:
-        res = bench_train(cfg, steps=args.steps, rounds=args.rounds)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
+    res = bench_train(cfg, steps=args.steps, rounds=args.rounds)
     print(format_report(res))
     return 0
 
@@ -227,12 +224,9 @@ def _bench_decode(args):
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise CLIError(f"--json: folder {os.path.dirname(os.path.abspath(args.json))!r} does not exist")
     from energy_attn import bench_decode
-    try:
-        res = bench_decode.decode(tokens=args.tokens, heads=args.heads, head_dim=args.head_dim,
-                                  batch=args.batch, devices=args.devices, rounds=args.rounds,
-                                  dtype=args.dtype)
-    except (ValueError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
+    res = bench_decode.decode(tokens=args.tokens, heads=args.heads, head_dim=args.head_dim,
+                              batch=args.batch, devices=args.devices, rounds=args.rounds,
+                              dtype=args.dtype)
     print(bench_decode.format_report(res), flush=True)
     if not args.skip_train:
         res["train_step"] = _bench_sharded_train_step(args.devices)
@@ -314,13 +308,10 @@ def _bench_models(args):
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise CLIError(f"--models: unknown model {name!r}.{hint} Registered: {', '.join(sorted(MODELS))}")
     configs = _model_configs(args.configs) if args.configs else None
-    try:
-        res = bench_models(models=args.models or ZOO, lengths=args.lengths or LENGTHS,
-                           d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
-                           batch=args.batch, block_len=args.block_len, variant=args.variant,
-                           repeats=args.repeats, configs=configs)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    res = bench_models(models=args.models or ZOO, lengths=args.lengths or LENGTHS,
+                       d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
+                       batch=args.batch, block_len=args.block_len, variant=args.variant,
+                       repeats=args.repeats, configs=configs)
     print(format_report(res), flush=True)
     if args.json:
         import json
@@ -391,20 +382,14 @@ def _load_config(path, overrides):
     from train.config import load_config
     if path is not None and "=" in path:      # `energy-attn train key=value ...` with no config file
         overrides, path = [path, *overrides], None
-    try:
-        return load_config(path, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e)) from None
+    return load_config(path, overrides)
 
 
 def _train(args):
     cfg = _load_config(args.config, args.overrides)
     from train import distributed
-    try:
-        distributed.initialize(distributed.distributed_settings(
-            args.coordinator, args.num_processes, args.process_id))
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    distributed.initialize(distributed.distributed_settings(
+        args.coordinator, args.num_processes, args.process_id))
     from train.loop import TrainingDiverged, train
     try:
         train(cfg, allow_config_change=args.allow_config_change)
@@ -427,11 +412,7 @@ def _add_eval(sub):
 
 def _eval(args):
     from train.evaluate import evaluate_run
-    from train.run import RunNotFound
-    try:
-        result = evaluate_run(args.run, batches=args.batches, which=args.checkpoint)
-    except (RunNotFound, ValueError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
+    result = evaluate_run(args.run, batches=args.batches, which=args.checkpoint)
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
     return 0
 
@@ -456,13 +437,9 @@ def _sample(args):
     if args.top_k < 0:
         raise CLIError(f"--top-k must be >= 0, got {args.top_k}")
     from train.evaluate import sample_run
-    from train.run import RunNotFound
-    try:
-        text = sample_run(args.run, args.prompt, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
-                          which=args.checkpoint)
-    except (RunNotFound, ValueError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
+    text = sample_run(args.run, args.prompt, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
+                      which=args.checkpoint)
     print(text)
     return 0
 
@@ -512,7 +489,7 @@ def _add_viz(sub):
     q.add_argument("--run", default=None, metavar="DIR", help="trained run directory (optional)")
     _model_options(q)
     common(q, "report")
-    q.set_defaults(handler=_viz, prog=q.prog)
+    q.set_defaults(handler=_viz_picture, prog=q.prog)
 
     q = _parser(viz, "landscape", help="filled contours of the retrieval energy, with trajectories",
                 description=("Contours of E(ξ) over a plane for each energy: 2-D toy patterns, or with\n"
@@ -526,7 +503,7 @@ def _add_viz(sub):
     q.add_argument("--patterns", type=positive_int, default=5, help="stored patterns (default 5)")
     q.add_argument("--dim", type=positive_int, default=2, help="pattern width (default 2)")
     common(q, "landscape.png")
-    q.set_defaults(handler=_viz, prog=q.prog)
+    q.set_defaults(handler=_viz_picture, prog=q.prog)
 
     q = _parser(viz, "basins", help="basins of attraction: the pattern each start converges to",
                 description=("A grid of initial states run to convergence, coloured by the stored\n"
@@ -539,7 +516,7 @@ def _add_viz(sub):
                    help="inverse temperatures (default with --energy: 0.5,1,2,8)")
     q.add_argument("--patterns", type=positive_int, default=5, help="stored patterns (default 5)")
     common(q, "basins.png")
-    q.set_defaults(handler=_viz, prog=q.prog)
+    q.set_defaults(handler=_viz_picture, prog=q.prog)
 
     q = _parser(viz, "curves", help="energy against iteration (Hopfield, other energies, ET)",
                 description=("Retrieval energy along the updates: softmax (hopfield.retrieve) at each\n"
@@ -553,7 +530,7 @@ def _add_viz(sub):
                    help="inverse temperature of the other energies (default 0.5)")
     q.add_argument("--steps", type=positive_int, default=15, help="updates (default 15)")
     common(q, "curves.png", grid=False)
-    q.set_defaults(handler=_viz, prog=q.prog)
+    q.set_defaults(handler=_viz_picture, prog=q.prog)
 
     q = _parser(viz, "beta-sweep", help="retrieval quality and metastable states against beta",
                 description=("Noisy copies of clustered stored patterns are retrieved at log-spaced\n"
@@ -567,7 +544,7 @@ def _add_viz(sub):
                    help="query noise relative to the pattern norm (default 0.5)")
     q.add_argument("--queries-per-pattern", type=positive_int, default=8, help="(default 8)")
     common(q, "beta_sweep.png", grid=False)
-    q.set_defaults(handler=_viz, prog=q.prog)
+    q.set_defaults(handler=_viz_picture, prog=q.prog)
 
     q = _parser(viz, "model", help="a trained run: attention maps, head classes, a head's landscape",
                 description=("Writes model_attention.png, model_heads.png and model_landscape.png for\n"
@@ -579,7 +556,7 @@ def _add_viz(sub):
     q.add_argument("--run", required=True, metavar="DIR", help="trained run directory")
     _model_options(q)
     common(q, "viz-model", grid=True)
-    q.set_defaults(handler=_viz, prog=q.prog)
+    q.set_defaults(handler=_viz_picture, prog=q.prog)
 
 
 def _model_options(q):
@@ -607,14 +584,6 @@ def _picture_path(out, default_name):
     if out.endswith(("/", os.sep)) or os.path.isdir(out):
         return os.path.join(out, default_name)
     return out
-
-
-def _viz(args):
-    from train.run import RunNotFound
-    try:
-        return _viz_picture(args)
-    except (RunNotFound, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        raise CLIError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
 def _run_summary(run_dir, step) -> dict:
@@ -715,20 +684,14 @@ def _add_sweep(sub):
 
 def _sweep(args):
     from train.sweep import parse_over, plan, run_sweep
-    try:
-        over = [parse_over(o) for o in args.over]
-        points = plan(args.config, over, args.sets, out=args.out)
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e).replace("\n", " ")) from None
+    over = [parse_over(o) for o in args.over]
+    points = plan(args.config, over, args.sets, out=args.out)
     if args.dry_run:
         for i, pt in enumerate(points, 1):
             print(f"[{i}/{len(points)}] {pt.run_dir}: {' '.join(pt.overrides)}")
         return 0
-    try:
-        points = run_sweep(points, config=args.config, over=over, sets=args.sets,
-                           processes=args.processes)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    points = run_sweep(points, config=args.config, over=over, sets=args.sets,
+                       processes=args.processes)
     return 1 if any(pt.status == "failed" for pt in points) else 0
 
 
@@ -749,10 +712,7 @@ def _add_compare(sub):
 
 def _compare(args):
     from train.compare import compare
-    try:
-        compare(args.runs, args.out, group_by=args.group_by)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    compare(args.runs, args.out, group_by=args.group_by)
     return 0
 
 
@@ -807,19 +767,16 @@ def _data_prepare(args):
              "hf_name": args.hf_name, "hf_split": args.hf_split, "text_column": args.text_column,
              "tokenizer": args.tokenizer, "val_fraction": args.val_fraction,
              "val_max_docs": args.val_max_docs}
-    try:
-        cfg = load_config(args.config, check=False).data
-        for k, v in flags.items():
-            if v is not None:
-                setattr(cfg, k, v)
-        if args.config is None and args.source is None:
-            raise ValueError("give --source (builtin, text or hf) or --config")
-        if not 0.0 < cfg.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
-        prepare_from_config(cfg, args.out, max_docs=args.max_docs, max_tokens=args.max_tokens,
-                            overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as e:
-        raise CLIError(str(e)) from None
+    cfg = load_config(args.config, check=False).data
+    for k, v in flags.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if args.config is None and args.source is None:
+        raise ValueError("give --source (builtin, text or hf) or --config")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
+    prepare_from_config(cfg, args.out, max_docs=args.max_docs, max_tokens=args.max_tokens,
+                        overwrite=args.overwrite)
     return 0
 
 
@@ -827,10 +784,7 @@ def _data_bench(args):
     cfg = _load_config(args.config, [*args.overrides, "data.source=cache",
                                      f"data.cache_dir={args.cache_dir}"])
     from train.bench_data import benchmark
-    try:
-        benchmark(cfg, steps=args.steps)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
+    benchmark(cfg, steps=args.steps)
     return 0
 
 
@@ -956,7 +910,12 @@ def error_line(e: BaseException) -> str:
 
 
 def _first_line(e: BaseException, limit: int = 600) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    """The message on one line; a list of problems ("invalid config:" then "  - ..." lines)
+    keeps one line per problem."""
+    lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and all(line.startswith("- ") for line in lines[1:]):
+        return "\n  ".join(lines)
+    text = " ".join(lines) or type(e).__name__
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
