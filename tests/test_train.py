@@ -48,6 +48,16 @@ def test_training_writes_everything_and_learns(tmp_path):
     assert result.step == 40 and np.isfinite(result.val_loss)
 
 
+def test_samples_during_training_say_how_they_were_drawn(tmp_path):
+    from train.loop import train
+    run = tmp_path / "run"
+    train(tiny(run, "train.steps=4", "train.sample_every=2", "train.top_k=0"), log=lambda *_: None)
+    text = (run / "samples.txt").read_text()
+    headers = [line for line in text.splitlines() if line.startswith("=== step")]
+    assert [h.split()[2] for h in headers] == ["2", "4"], text        # every 2 steps, and the end
+    assert all("temperature 0.8" in h and "top_k all" in h and "20 tokens" in h for h in headers)
+
+
 def test_two_identical_runs_give_identical_losses(tmp_path):
     from train.loop import train
     a = train(tiny(tmp_path / "a", "train.steps=6", "logging.log_every=1"), log=lambda *_: None)

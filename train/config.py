@@ -85,7 +85,7 @@ class TrainConfig:
     batch_size: int = 16             # sequences per step (global, over all devices)
     eval_every: int = 200            # steps between validation evals
     eval_batches: int = 10           # batches per validation eval
-    sample_every: int = 0            # 0: only at the end
+    sample_every: int = 0            # steps between samples appended to samples.txt (0: only at the end)
     sample_tokens: int = 200         # tokens per generated sample
     temperature: float = 0.8         # sampling temperature
     top_k: int = 40                  # sample among the k likeliest tokens (0: all)

@@ -324,8 +324,9 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
             log_now = step % cfg.logging.log_every == 0 or last
             eval_now = step % cfg.train.eval_every == 0 or last
             save_now = step % cfg.checkpoint.every == 0 or last
+            sample_now = bool(cfg.train.sample_every) and step % cfg.train.sample_every == 0 and not last
             first = step == start_step + 1
-            if not (log_now or eval_now or save_now or first or len(pending) >= 10):
+            if not (log_now or eval_now or save_now or sample_now or first or len(pending) >= 10):
                 continue
             settle()
             if first:     # one early read: startup (data, model, compile) made visible
@@ -343,6 +344,9 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
                 val = eval_metrics(val_loss, getattr(val_batches, "bytes_per_token", None))
                 metrics.log(step, val, split="val")
                 log(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
+            if sample_now:
+                train_step.sync()
+                _write_samples(model, tokenizer, cfg, run_dir, step, log, write=main_process)
             if save_now:
                 ckpt.save(step, state=_checkpoint_state(model, optimizer),
                           meta={"step": step, "data": train_batches.state(),
@@ -353,7 +357,7 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
         train_step.sync()
         if math.isnan(val_loss):      # resumed at the last step: nothing was evaluated
             val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put, eval_step)
-        _write_samples(model, tokenizer, cfg, run_dir, log, write=main_process)
+        _write_samples(model, tokenizer, cfg, run_dir, step, log, write=main_process)
     finally:
         bar.close()
         ckpt.close()          # waits for the async save: never exit with a half-written checkpoint
@@ -432,16 +436,21 @@ class _NoMetrics:
         pass
 
 
-def _write_samples(model, tokenizer, cfg: Config, run_dir: Path, log, write: bool = True):
+def _write_samples(model, tokenizer, cfg: Config, run_dir: Path, step: int, log, write: bool = True):
+    """Append one sample to samples.txt under a header that says how it was drawn."""
     prompt = np.asarray([[tokenizer.eos_id]], np.int32)   # start of a fresh document
     max_new = min(cfg.train.sample_tokens, cfg.model.max_seq_len - 1)
-    out = generate(model, prompt, max_new, rng=jax.random.key(cfg.train.seed),
-                   temperature=cfg.train.temperature, top_k=cfg.train.top_k or None)
-    text = tokenizer.decode([int(t) for t in np.asarray(out)[0, 1:]])
+    t = cfg.train
+    out = generate(model, prompt, max_new, rng=jax.random.fold_in(jax.random.key(t.seed), step),
+                   temperature=t.temperature, top_k=t.top_k or None)
+    text = tokenizer.decode([int(x) for x in np.asarray(out)[0, 1:]])
     if not write:
         return
-    (run_dir / "samples.txt").write_text(text)
-    log("sample:\n" + text[:500])
+    header = (f"=== step {step} · prompt: start of a document (the EOS token) · temperature "
+              f"{t.temperature} · top_k {t.top_k or 'all'} · {max_new} tokens ===")
+    with open(run_dir / "samples.txt", "a") as f:
+        f.write(f"{header}\n{text}\n\n")
+    log(f"sample at step {step}:\n" + text[:500])
 
 
 def _plot_losses(run_dir: Path):
