@@ -58,6 +58,17 @@ def test_samples_during_training_say_how_they_were_drawn(tmp_path):
     assert all("temperature 0.8" in h and "top_k all" in h and "20 tokens" in h for h in headers)
 
 
+def test_a_run_shorter_than_the_warmup_warms_up_over_a_tenth_and_says_so(tmp_path, capsys):
+    from train.loop import learning_rate_schedule
+    cfg = load_config(None, ["train.steps=20"])                 # the default warmup is 50 steps
+    lr_at = learning_rate_schedule(cfg.optim, 20)
+    assert float(lr_at(2)) == pytest.approx(cfg.optim.lr)       # peak after 20 // 10 = 2 steps
+    assert float(lr_at(1)) == pytest.approx(cfg.optim.lr / 2)
+    assert main(["train", *TINY, "optim.warmup_steps=50", "train.steps=2",
+                 f"train.run_dir={tmp_path / 'run'}"]) == 0
+    assert "optim.warmup_steps=50 is longer than the 2-step run: warming up over 0 steps" in capsys.readouterr().out
+
+
 def test_two_identical_runs_give_identical_losses(tmp_path):
     from train.loop import train
     a = train(tiny(tmp_path / "a", "train.steps=6", "logging.log_every=1"), log=lambda *_: None)

@@ -41,11 +41,18 @@ class TrainingDiverged(RuntimeError):
 # ------------------------------------------------------------------ pieces
 
 
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    """optim.warmup_steps, or a tenth of the run when the run is shorter than the warmup
+    (a smoke run of 20 steps would otherwise never reach the peak learning rate)."""
+    return cfg.warmup_steps if cfg.warmup_steps <= total_steps else total_steps // 10
+
+
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to lr, then cosine decay to min_lr at total_steps."""
+    """Linear warmup from 0 to lr (`warmup_steps`), then cosine decay to min_lr at total_steps."""
+    warmup = warmup_steps(cfg, total_steps)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-        decay_steps=max(total_steps, cfg.warmup_steps + 1), end_value=cfg.min_lr)
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=cfg.min_lr)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
@@ -263,6 +270,9 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
     log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters, energy "
         f"{cfg.model.attention.energy}, vocab {tokenizer.vocab_size}; {cfg.train.steps} steps; "
         f"run directory {run_dir}")
+    if warmup_steps(cfg.optim, cfg.train.steps) != cfg.optim.warmup_steps:
+        log(f"optim.warmup_steps={cfg.optim.warmup_steps} is longer than the {cfg.train.steps}-step "
+            f"run: warming up over {warmup_steps(cfg.optim, cfg.train.steps)} steps (a tenth of it)")
 
     accum = cfg.optim.grad_accum
     micro = cfg.train.batch_size // accum
