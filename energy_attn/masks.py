@@ -81,10 +81,21 @@ class Mask:
     __rand__ = __and__
 
     # -- questions kernels ask
+    def restrictions(self) -> tuple[str, ...]:
+        """Names of the fields this mask sets (q_offset only places queries; it restricts
+        nothing by itself)."""
+        return tuple(f.name for f in dataclasses.fields(self)
+                     if f.name != "q_offset" and getattr(self, f.name) is not None
+                     and getattr(self, f.name) is not False)
+
+    def restricts_beyond(self, *names: str) -> tuple[str, ...]:
+        """The restrictions this mask sets other than `names`: () when a kernel that handles
+        only those can take it."""
+        return tuple(r for r in self.restrictions() if r not in names)
+
     @property
     def is_trivial(self) -> bool:
-        return all(getattr(self, f.name) in (None, False) for f in dataclasses.fields(self)
-                   if f.name not in ("q_offset",))
+        return not self.restrictions()
 
     @property
     def has_dynamic_offset(self) -> bool:
@@ -93,9 +104,7 @@ class Mask:
     def rows_never_empty(self, tq: int, tk: int) -> bool:
         """Statically true if every query sees at least its own position's key
         (only causal/window restrictions, and every query position is a key)."""
-        restrictive = ("q_offset_array", "kv_valid", "q_valid", "q_segment_ids", "kv_segment_ids",
-                       "bias", "allowed_pairs")   # a bias may hold -inf
-        if any(getattr(self, f) is not None for f in restrictive):
+        if self.restricts_beyond("causal", "window"):     # a bias may hold -inf, ids may differ
             return False
         off = self.offset(tq, tk)
         return 0 <= off and off + tq <= tk
@@ -105,19 +114,23 @@ class Mask:
             return self.q_offset_array
         return tk - tq if self.q_offset is None else self.q_offset
 
-    def static_key_range(self, q_start: int, q_stop: int, tq: int, tk: int) -> tuple[int, int]:
-        """Keys [lo, hi) that queries [q_start, q_stop) can possibly see (static masks only)."""
+    def static_key_range(self, q_start, q_stop, tq: int, tk: int):
+        """Keys [lo, hi) that queries [q_start, q_stop) can possibly see, from causality and
+        the window (a traced offset: all keys). Python ints in, ints out; traced query
+        bounds (a kernel's loop index) give traced bounds."""
         if self.has_dynamic_offset:
             return 0, tk
+        traced = isinstance(q_start, jax.Array) or isinstance(q_stop, jax.Array)
+        clip = jnp.clip if traced else (lambda x, a, b: min(max(x, a), b))
         off = self.offset(tq, tk)
         lo, hi = 0, tk
         if self.causal:
-            hi = min(tk, max(0, off + q_stop))
+            hi = clip(off + q_stop, 0, tk)
         if self.window is not None:
-            lo = max(0, off + q_start - self.window + 1)
+            lo = clip(off + q_start - self.window + 1, 0, tk)
             if not self.causal:
-                hi = min(tk, max(0, off + q_stop + self.window - 1))
-        return lo, max(lo, hi)
+                hi = clip(off + q_stop + self.window - 1, 0, tk)
+        return lo, (jnp.maximum if traced else max)(lo, hi)
 
     def allowed(self, q_start, q_len: int, k_start, k_len: int, tq: int, tk: int):
         """Bool array broadcastable to (B, H, q_len, k_len), or None if nothing is masked."""

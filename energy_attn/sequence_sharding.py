@@ -67,8 +67,8 @@ def attend_sharded(energy, q, k, v, mask, spec: SequenceSharding, params: dict):
             f"sequence sharding covers self-attention over the whole sequence (Tq = Tk); got "
             f"Tq={q.shape[1]}, Tk={k.shape[1]}. For decoding with a sharded KV cache use "
             "energy_attn.tree.decode_attention")
-    extra = [f for f in ("window", "q_offset", "q_offset_array", "kv_valid", "q_valid", "bias",
-                         "allowed_pairs") if getattr(mask, f) not in (None, False)]
+    extra = list(mask.restricts_beyond("causal", "q_segment_ids", "kv_segment_ids"))
+    extra += ["q_offset"] if mask.q_offset is not None else []
     if extra:
         raise ValueError(f"under sequence sharding the attention mask may be causal and carry "
                          f"segment ids only; this one also sets {extra}")

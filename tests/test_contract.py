@@ -132,3 +132,19 @@ def test_attend_inside_shard_map_with_per_device_queries():
     want = jnp.concatenate([ea.attend("softmax", *(x[:, 4 * i:4 * i + 4] for x in (q, k, v)),
                                       mask=ea.causal()) for i in range(4)], axis=1)
     np.testing.assert_allclose(jax.jit(local)(q, k, v), want, atol=1e-6)
+
+
+def test_mask_predicates_and_key_range_agree_for_static_and_traced_bounds():
+    ids = jnp.zeros((1, 8), jnp.int32)
+    assert ea.causal().restricts_beyond("causal") == ()
+    assert (ea.causal() & ea.segments(ids, ids)).restricts_beyond("causal") == ("q_segment_ids", "kv_segment_ids")
+    assert ea.causal(offset=3).is_trivial is False and ea.Mask(q_offset=3).is_trivial
+    for mask in (ea.causal(), ea.sliding_window(3), ea.causal() & ea.sliding_window(3)):
+        for q0, q1 in ((0, 4), (4, 8), (6, 8)):
+            static = mask.static_key_range(q0, q1, 8, 8)
+            traced = jax.jit(lambda a, b: mask.static_key_range(a, b, 8, 8))(q0, q1)
+            assert all(isinstance(x, int) for x in static)
+            assert static == tuple(int(x) for x in traced), (mask, q0, q1)
+            allowed = np.asarray(ea.allowed_pairs(mask, 8, 8))[0, 0, q0:q1].any(0)
+            seen = np.flatnonzero(allowed)
+            assert static[0] <= seen.min() and seen.max() < static[1]        # a superset of the keys seen

@@ -47,10 +47,8 @@ def features(x, feature_map: str = "elu", *, num_features: int | None = None, se
 
 def _is_plain_causal(mask, tq, tk):
     """Causal (optionally with padding) from position 0: the O(T) prefix-sum path applies."""
-    others_unset = all(getattr(mask, f) is None for f in
-                       ("window", "q_offset_array", "q_segment_ids", "kv_segment_ids", "bias",
-                        "allowed_pairs"))
-    return mask.causal and others_unset and tq == tk and mask.offset(tq, tk) == 0
+    return (mask.causal and not mask.restricts_beyond("causal", "kv_valid", "q_valid")
+            and tq == tk and mask.offset(tq, tk) == 0)
 
 
 def causal_num_den(fq, fk, v, chunk: int):

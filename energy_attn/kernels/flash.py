@@ -29,16 +29,7 @@ def flash_attention(q, k, v, zeta, mask: Mask, block_q: int, block_k: int):
 # ------------------------------------------------------------------ block ranges
 def _key_blocks(mask: Mask, q0, bq, tq, tk, bk):
     """Key-block index range [lo, hi) that queries [q0, q0+bq) can see."""
-    if mask.has_dynamic_offset:
-        return 0, tk // bk
-    off = mask.offset(tq, tk)
-    lo, hi = 0, tk
-    if mask.causal:
-        hi = jnp.clip(off + q0 + bq, 0, tk)
-    if mask.window is not None:
-        lo = jnp.clip(off + q0 - mask.window + 1, 0, tk)
-        if not mask.causal:
-            hi = jnp.clip(off + q0 + bq + mask.window - 1, 0, tk)
+    lo, hi = mask.static_key_range(q0, q0 + bq, tq, tk)
     return lo // bk, (hi + bk - 1) // bk
 
 
