@@ -35,6 +35,17 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[1]
 
+    @staticmethod
+    def check_room(index, num_new: int, max_len: int) -> None:
+        """ValueError unless `num_new` positions fit after `index` in a buffer of `max_len`
+        (checked only when `index` is concrete: under jit it is traced). Any decode buffer
+        with a write index uses it (the energy transformer's token cache too)."""
+        if num_new > max_len:
+            raise ValueError(f"cannot write {num_new} tokens into a cache of max_len {max_len}")
+        if not isinstance(index, jax.core.Tracer) and int(index) + num_new > max_len:
+            raise ValueError(f"cache overflow: {int(index)} positions filled + {num_new} new "
+                             f"> max_len {max_len}; create the cache with a larger max_len")
+
     def append(self, k_new, v_new) -> "KVCache":
         """Write T new keys/values at `index` and advance it by T.
 
@@ -43,11 +54,7 @@ class KVCache:
         end of the buffer and silently overwrites the last positions.
         """
         num_new = k_new.shape[1]
-        if num_new > self.max_len:
-            raise ValueError(f"cannot write {num_new} tokens into a KV cache of max_len {self.max_len}")
-        if not isinstance(self.index, jax.core.Tracer) and int(self.index) + num_new > self.max_len:
-            raise ValueError(f"KV cache overflow: {int(self.index)} positions filled + {num_new} new "
-                             f"> max_len {self.max_len}; create the cache with a larger max_len")
+        self.check_room(self.index, num_new, self.max_len)
         start = (0, self.index, 0, 0)
         k = jax.lax.dynamic_update_slice(self.k, k_new.astype(self.k.dtype), start)
         v = jax.lax.dynamic_update_slice(self.v, v_new.astype(self.v.dtype), start)

@@ -88,6 +88,7 @@ import energy_attn as ea
 from energy_attn.sequence_sharding import SequenceSharding, active
 
 from . import bst_sharding
+from .lm_inputs import check_cache_length, check_lm_inputs
 from .config import BSTConfig, ModelConfig
 from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
 from .registry import register_model
@@ -387,8 +388,7 @@ class BlockStateTransformer(nnx.Module):
             cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
 
     def init_cache(self, batch: int, max_len: int) -> BSTCache:
-        if max_len > self.max_seq_len:
-            raise ValueError(f"cache max_len={max_len} exceeds the model's max_seq_len={self.max_seq_len}")
+        check_cache_length(max_len, self.max_seq_len)
         return BSTCache(layers=[layer.init_cache(batch) for layer in self.layers],
                         index=jnp.zeros((), jnp.int32))
 
@@ -397,12 +397,9 @@ class BlockStateTransformer(nnx.Module):
         """tokens (B, T) int -> logits (B, T, vocab) fp32, or (logits, new_cache).
         positions: ignored (RoPE is block-local; see the module docstring).
         With a cache, dropout is off whatever `deterministic` says."""
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape (B, T); got {tokens.shape}")
+        check_lm_inputs(tokens, segment_ids=segment_ids, cache=cache)   # any length: no position table
         if cache is None:
             return self.forward(tokens, segment_ids=segment_ids, deterministic=deterministic)
-        if segment_ids is not None:
-            raise ValueError("segment_ids are for packed training rows; decode one document per row")
         if not isinstance(cache, BSTCache) or len(cache.layers) != len(self.layers):
             raise ValueError("cache does not match this model; use model.init_cache(batch, max_len)")
 

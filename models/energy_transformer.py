@@ -45,6 +45,7 @@ from flax import nnx
 import energy_attn as ea
 from energy_attn.energy_transformer import EnergyTransformerBlock
 
+from .lm_inputs import check_cache_length, check_lm_inputs, lm_mask
 from .config import ModelConfig
 from .layers import RMSNorm
 from .registry import register_model
@@ -100,15 +101,14 @@ class EnergyTransformerLM(nnx.Module):
 
     def init_cache(self, batch: int, max_len: int) -> TokenCache:
         """An empty token buffer of `max_len` positions (no KV cache; see the module doc)."""
-        if max_len > self.max_seq_len:
-            raise ValueError(f"cache max_len={max_len} exceeds the model's max_seq_len={self.max_seq_len}")
+        check_cache_length(max_len, self.max_seq_len)
         return TokenCache(tokens=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
 
     def _forward(self, tokens, *, segment_ids=None, positions=None, return_trajectory=False):
         length = tokens.shape[1]
         positions = jnp.arange(length) if positions is None else positions
         x = self.embed(tokens) + self.pos_embed[...][positions]
-        mask = ea.segments(segment_ids) if segment_ids is not None and self.segment_mask else None
+        mask = lm_mask(segment_ids, self.segment_mask, causal=False)   # the ET block adds causality
         out = self.block(x, mask=mask, return_trajectory=return_trajectory)
         x, traj = out if return_trajectory else (out, None)
         x = self.norm(x)
@@ -133,21 +133,14 @@ class EnergyTransformerLM(nnx.Module):
             full forward reruns over it.
         """
         del deterministic
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape (B, T); got {tokens.shape}")
+        check_lm_inputs(tokens, max_seq_len=self.max_seq_len)
         length = tokens.shape[1]
-        if length > self.max_seq_len:
-            raise ValueError(f"sequence of {length} tokens exceeds max_seq_len={self.max_seq_len}")
         if cache is None:
             return self._forward(tokens, segment_ids=segment_ids, positions=positions)
         if segment_ids is not None or positions is not None:
             raise ValueError("with a cache, decode one document per row from position 0 "
                              "(segment_ids/positions are for full training rows)")
-        if length > cache.max_len:
-            raise ValueError(f"cannot write {length} tokens into a cache of max_len {cache.max_len}")
-        if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + length > cache.max_len:
-            raise ValueError(f"cache overflow: {int(cache.index)} positions filled + {length} new "
-                             f"> max_len {cache.max_len}; create the cache with a larger max_len")
+        ea.KVCache.check_room(cache.index, length, cache.max_len)
         buf = jax.lax.dynamic_update_slice(cache.tokens, tokens.astype(jnp.int32), (0, cache.index))
         # Causal: the zeros after index + length cannot reach the positions we read.
         logits = jax.lax.dynamic_slice_in_dim(self._forward(buf), cache.index, length, axis=1)

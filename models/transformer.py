@@ -15,6 +15,7 @@ from flax import nnx
 import energy_attn as ea
 from energy_attn.sequence_sharding import SequenceSharding
 
+from .lm_inputs import check_cache_length, check_lm_inputs, lm_mask
 from .config import ModelConfig
 from .layers import Block, RMSNorm, compute_dtype
 from .registry import register_model
@@ -40,8 +41,7 @@ class Transformer(nnx.Module):
 
     def init_cache(self, batch: int, max_len: int) -> list[ea.KVCache]:
         """One empty KV cache per layer, in the compute dtype."""
-        if max_len > self.max_seq_len:
-            raise ValueError(f"cache max_len={max_len} exceeds the model's max_seq_len={self.max_seq_len}")
+        check_cache_length(max_len, self.max_seq_len)
         return [block.attn.init_cache(batch, max_len) for block in self.blocks]
 
     def __call__(self, tokens, *, segment_ids=None, positions=None, cache=None,
@@ -54,23 +54,11 @@ class Transformer(nnx.Module):
             index onwards when decoding. Packed rows pass per-document positions.
         cache: the list from `init_cache`; causality is then implied by the cache.
         """
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape (B, T); got {tokens.shape}")
-        length = tokens.shape[1]
-        if length > self.max_seq_len:
-            raise ValueError(f"sequence of {length} tokens exceeds max_seq_len={self.max_seq_len}")
-        if cache is not None:
-            if segment_ids is not None:
-                raise ValueError("segment_ids are for packed training rows; decode one document "
-                                 "per row with the KV cache instead")
-            if len(cache) != len(self.blocks):
-                raise ValueError(f"got {len(cache)} caches for {len(self.blocks)} layers; "
-                                 "use model.init_cache(batch, max_len)")
-            mask = None          # the cache adds causality from its write index
-        else:
-            mask = ea.causal()
-            if segment_ids is not None and self.segment_mask:
-                mask = mask & ea.segments(segment_ids)
+        check_lm_inputs(tokens, max_seq_len=self.max_seq_len, segment_ids=segment_ids, cache=cache)
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"got {len(cache)} caches for {len(self.blocks)} layers; "
+                             "use model.init_cache(batch, max_len)")
+        mask = lm_mask(segment_ids, self.segment_mask, cache)
 
         x = self.embed(tokens)
         new_caches = []

@@ -52,6 +52,7 @@ from flax import nnx
 import energy_attn as ea
 from energy_attn.sequence_sharding import SequenceSharding
 
+from .lm_inputs import check_cache_length, check_lm_inputs, lm_mask
 from .config import ModelConfig
 from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
 from .mamba import SSM_KINDS, MambaBlock, MambaCache
@@ -166,8 +167,7 @@ class Zamba(nnx.Module):
 
     def init_cache(self, batch: int, max_len: int) -> ZambaCache:
         """Empty decoding state: SSM state + conv buffer per layer, a KV cache per site."""
-        if max_len > self.max_seq_len:
-            raise ValueError(f"cache max_len={max_len} exceeds the model's max_seq_len={self.max_seq_len}")
+        check_cache_length(max_len, self.max_seq_len)
         return ZambaCache(mamba=[layer.init_cache(batch) for layer in self.layers],
                           attn=[self._block(j).attn.init_cache(batch, max_len)
                                 for j in range(len(self.sites))])
@@ -180,21 +180,10 @@ class Zamba(nnx.Module):
                  deterministic: bool = True):
         """tokens (B, T) int -> logits (B, T, vocab) float32, or (logits, new cache).
         segment_ids / positions: packed rows (see the module docstring); cache: from init_cache."""
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape (B, T); got {tokens.shape}")
-        if tokens.shape[1] > self.max_seq_len:
-            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds max_seq_len={self.max_seq_len}")
-        if cache is not None:
-            if segment_ids is not None:
-                raise ValueError("segment_ids are for packed training rows; decode one document "
-                                 "per row with the cache instead")
-            if not isinstance(cache, ZambaCache) or len(cache.mamba) != len(self.layers):
-                raise ValueError("cache does not match this model; use model.init_cache(batch, max_len)")
-            mask = None                       # the KV cache adds causality from its index
-        else:
-            mask = ea.causal()
-            if segment_ids is not None and self.segment_mask:
-                mask = mask & ea.segments(segment_ids)
+        check_lm_inputs(tokens, max_seq_len=self.max_seq_len, segment_ids=segment_ids, cache=cache)
+        if cache is not None and (not isinstance(cache, ZambaCache) or len(cache.mamba) != len(self.layers)):
+            raise ValueError("cache does not match this model; use model.init_cache(batch, max_len)")
+        mask = lm_mask(segment_ids, self.segment_mask, cache)
         documents = segment_ids if self.segment_mask else None
 
         x0 = self.embed(tokens)

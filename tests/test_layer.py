@@ -103,7 +103,7 @@ def test_cache_overflow_is_caught_when_the_index_is_concrete():
     layer = ea.EnergyAttention(D_MODEL, num_heads=4, rngs=nnx.Rngs(0))
     prefill = nnx.jit(lambda layer, x, cache: layer(x, cache=cache))
     _, cache = prefill(layer, tokens(0, length=6), layer.init_cache(B, max_len=8))
-    with pytest.raises(ValueError, match="KV cache overflow: 6 positions filled"):
+    with pytest.raises(ValueError, match="cache overflow: 6 positions filled"):
         layer(tokens(1, length=3), cache=cache)
 
 
