@@ -73,6 +73,9 @@ def test_report_files_and_values(runs, tmp_path):
     assert 'href="https://wandb.ai/u/p/runs/def456"' in html
     assert "wandb sync /x/wandb/offline-run-1" in html and "curves.png" in html
 
+    assert "abc123" not in md.split("Missing")[0]                          # W&B runs below the table
+    assert html.index("Weights &amp; Biases") > html.index("Loss curves")
+
     groups = {g["group"]: g for g in aggregate(rows, "model.attention.energy")}
     assert groups["softmax"]["val_loss"] == pytest.approx(statistics.fmean([3.1, 3.3]))
     assert groups["softmax"]["val_loss_std"] == pytest.approx(statistics.stdev([3.1, 3.3]))
@@ -104,3 +107,12 @@ def test_not_a_run_directory_is_one_clear_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no run directories"):
         expand([])
+
+
+def test_group_mean_curve_is_over_the_steps_every_run_logged():
+    from train.compare import mean_curve
+    steps, mean, std = mean_curve([[(1, 2.0), (2, 4.0)], [(1, 4.0), (2, 6.0), (3, 1.0)]])
+    assert list(steps) == [1, 2] and list(mean) == [3.0, 5.0]
+    assert std == pytest.approx([2 ** 0.5, 2 ** 0.5])                      # sample std
+    steps, mean, std = mean_curve([[(5, 1.0)]])
+    assert list(steps) == [5] and list(std) == [0.0]

@@ -95,7 +95,9 @@ def test_parallel_sweep_then_skip_finished_and_resume_unfinished(tmp_path, monke
     assert "[1/2] energy-softmax: finished earlier" in text
     assert "[2/2] energy-sigmoid: resuming" in text and "already complete: step 3 of 3" in text
     assert [p.status for p in again] == ["skipped", "done"]
-    assert json.loads((points[1].run_dir / DONE_FILE).read_text())["already_complete"]
+    done = json.loads((points[1].run_dir / DONE_FILE).read_text())
+    assert done["already_complete"]
+    assert "peak_rss_mb" not in done         # it shared this process: its peak would include others'
 
     # Everything finished: a third run trains nothing.
     import train.loop
@@ -121,3 +123,11 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path):
     manifest = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in manifest["runs"]] == ["failed", "failed"]
     assert not any((p.run_dir / DONE_FILE).exists() for p in points)
+
+
+def test_a_sweep_evaluates_each_run_several_times_unless_told_otherwise():
+    over = [parse_over("train.seed=0,1")]
+    points = plan(None, over, ["train.steps=100"], out="unused")
+    assert all(p.overrides[-1] == "train.eval_every=20" for p in points)      # 100 // 5
+    points = plan(None, over, ["train.steps=100", "train.eval_every=50"], out="unused")
+    assert not any(o.startswith("train.eval_every") for p in points for o in p.overrides)

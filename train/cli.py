@@ -390,9 +390,15 @@ def _train(args):
     from train import distributed
     distributed.initialize(distributed.distributed_settings(
         args.coordinator, args.num_processes, args.process_id))
+    from dataclasses import asdict
+
     from train.loop import TrainingDiverged, train
+    from train.sweep import write_done
     try:
-        train(cfg, allow_config_change=args.allow_config_change)
+        result = train(cfg, allow_config_change=args.allow_config_change)
+        import jax
+        if jax.process_index() == 0:        # peak memory: this process ran only this run
+            write_done(cfg.train.run_dir, asdict(result), own_process=True)
     except TrainingDiverged as e:
         print(f"{args.prog}: {e}", file=sys.stderr)
         return 1
@@ -683,9 +689,13 @@ def _add_sweep(sub):
 
 
 def _sweep(args):
-    from train.sweep import parse_over, plan, run_sweep
+    from train.sweep import EVALS_PER_RUN, parse_over, plan, run_sweep
     over = [parse_over(o) for o in args.over]
     points = plan(args.config, over, args.sets, out=args.out)
+    auto = {o for pt in points for o in pt.overrides[len(over):] if o.startswith("train.eval_every=")}
+    if auto:
+        print(f"sweep: {', '.join(sorted(auto))} so that each run is evaluated {EVALS_PER_RUN} times "
+              "(set train.eval_every yourself to change it)", file=sys.stderr)
     if args.dry_run:
         for i, pt in enumerate(points, 1):
             print(f"[{i}/{len(points)}] {pt.run_dir}: {' '.join(pt.overrides)}")

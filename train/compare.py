@@ -8,9 +8,10 @@
 
 Per run: energy, parameters, final validation loss and bits per byte, training tokens/s
 (median over logged steps after step 1, which includes compilation), peak memory
-(from a sweep's done.json: the run's peak RSS, and device memory on accelerators) and the
-W&B run. Whatever a run lacks (a crashed run has no final val loss; a run outside a sweep
-has no peak memory; runs logged different metrics) is listed per run under "missing";
+(from done.json, written when the run had a process of its own: `energy-attn train`, or a
+sweep with --processes >= 2; its peak RSS, and device memory on accelerators) and the
+W&B run. Whatever a run lacks (a crashed run has no final val loss; a run that shared its
+process has no peak memory; runs logged different metrics) is listed per run under "missing";
 the rest of the report is still written. `--group-by KEY` adds mean ± std over the runs
 that share a config value (seeds).
 """
@@ -29,7 +30,7 @@ from train.metrics import read_metrics
 COLUMNS = [("run", "run"), ("energy", "energy"), ("params", "params"), ("step", "step"),
            ("val_loss", "final val loss"), ("bits_per_byte", "bits per byte"),
            ("train_loss", "final train loss"), ("tokens_per_s", "tokens/s"),
-           ("peak_mem_mb", "peak memory (MB)"), ("wandb", "wandb")]
+           ("peak_mem_mb", "peak memory (MB)")]
 
 
 # =========================================================================== reading runs
@@ -151,7 +152,8 @@ def summarize(run_dir: str | Path) -> dict:
     if speeds == []:
         missing.append("tokens/s")
     if peak is None:
-        missing.append("peak memory (logged by `energy-attn sweep` runs only)")
+        missing.append("peak memory (measured only for a run with a process of its own: "
+                       "`energy-attn train`, or `sweep --processes 2` and more)")
     return row
 
 
@@ -254,7 +256,7 @@ def missing_markdown(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    keys = [k for k, _ in COLUMNS] + ["model", "path", "wandb_url", "missing"]
+    keys = [k for k, _ in COLUMNS] + ["model", "path", "wandb", "wandb_url", "missing"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)
@@ -263,24 +265,64 @@ def write_csv(rows: list[dict], path: Path) -> None:
                         ("" if r.get(k) is None else r.get(k)) for k in keys])
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Train and validation loss against step, one line per run, one panel per split."""
+def _group_of(rows: list[dict], by: str | None) -> list:
+    return [None if by is None else _dotted(r["config"], by) for r in rows]
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]):
+    """(steps, mean, std) over the steps every curve has; std 0 for a single curve."""
+    import numpy as np
+    common = sorted(set.intersection(*(set(s for s, _ in c) for c in curves))) if curves else []
+    values = np.array([[dict(c)[s] for s in common] for c in curves], float)
+    if not common:
+        return np.array([]), np.array([]), np.array([])
+    std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(common))
+    return np.array(common), values.mean(0), std
+
+
+def plot_curves(rows: list[dict], path: Path, *, group_by: str | None = None) -> None:
+    """Train and validation loss against step, one panel per split, on one step axis from 0.
+
+    Without group_by: one line per run. With it: one colour per group, its runs as thin
+    lines and their mean (over the steps all of them logged) as a thick line in a band of
+    ± one standard deviation."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=False)
+    axes = fig.subplots(1, 2, sharex=True)
+    groups = _group_of(rows, group_by)
+    order = list(dict.fromkeys(groups))
+    last = max((s for r in rows for split in ("train", "val") for s, _ in r["curves"][split]), default=1)
     for ax, split in zip(axes, ("train", "val")):
         for i, r in enumerate(rows):
             pts = r["curves"][split]
-            if pts:
-                ax.plot(*zip(*pts), label=r["run"], color=f"C{i % 10}",
-                        marker="o" if len(pts) < 30 else None, markersize=3,
-                        linewidth=1)
-        ax.set_title(f"{split} loss")
+            if not pts:
+                continue
+            color = f"C{(order.index(groups[i]) if group_by else i) % 10}"
+            few = len(pts) < 30
+            ax.plot(*zip(*pts), color=color, marker="o" if few else None, markersize=3,
+                    linewidth=0.6 if group_by else 1, alpha=0.35 if group_by else 1,
+                    label=None if group_by else r["run"])
+        for g in (order if group_by else []):
+            curves = [r["curves"][split] for r, gr in zip(rows, groups) if gr == g and r["curves"][split]]
+            steps, mean, std = mean_curve(curves)
+            if not len(steps):
+                continue
+            color = f"C{order.index(g) % 10}"
+            ax.plot(steps, mean, color=color, linewidth=2, marker="o" if len(steps) < 30 else None,
+                    markersize=4, label=f"{group_by.split('.')[-1]}={g} (mean of {len(curves)})")
+            if len(curves) > 1:
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.set_title(f"{split} loss" + (" (mean ± std per group)" if group_by else ""))
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_xlim(0, last * 1.03)
         ax.grid(alpha=0.3)
+    val_evals = max((len(r["curves"]["val"]) for r in rows), default=0)
+    if val_evals == 1:
+        axes[1].set_title("val loss (one eval per run: set train.eval_every below train.steps)")
+    shown = len(order) if group_by else len(rows)
     if any(r["curves"]["train"] or r["curves"]["val"] for r in rows):
-        axes[1].legend(fontsize=7 if len(rows) > 6 else 9, loc="upper right", ncol=1 + len(rows) // 12)
+        axes[1].legend(fontsize=7 if shown > 6 else 9, loc="upper right", ncol=1 + shown // 12)
     fig.savefig(path, dpi=100)
 
 
@@ -298,7 +340,7 @@ def _wandb_html(r: dict) -> str:
 def report_html(rows: list[dict], groups: list[dict] | None, by: str | None) -> str:
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
     body = "".join("<tr>" + "".join(
-        f"<td>{_wandb_html(r) if k == 'wandb' else html.escape(_cell(r, k))}</td>"
+        f"<td>{html.escape(_cell(r, k))}</td>"
         for k, _ in COLUMNS) + "</tr>\n" for r in rows)
     parts = ["<!doctype html><meta charset='utf-8'><title>energy-attn compare</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -315,6 +357,10 @@ def report_html(rows: list[dict], groups: list[dict] | None, by: str | None) -> 
                          f"<td>{_pm(g['tokens_per_s'], g['tokens_per_s_std'], '{:,.0f}')}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Loss curves</h2><img src='curves.png' style='max-width:100%'>")
+    logged = [r for r in rows if r.get("wandb")]
+    if logged:
+        parts.append("<h2>Weights &amp; Biases</h2><ul>" + "".join(
+            f"<li><code>{html.escape(r['run'])}</code>: {_wandb_html(r)}</li>" for r in logged) + "</ul>")
     missing = [r for r in rows if r["missing"]]
     if missing:
         parts.append("<h2>Missing</h2><ul>" + "".join(
@@ -339,7 +385,7 @@ def write_report(rows: list[dict], out: str | Path, *, group_by: str | None = No
              "curves": out / "curves.png", "html": out / "report.html"}
     paths["markdown"].write_text(md)
     write_csv(rows, paths["csv"])
-    plot_curves(rows, paths["curves"])
+    plot_curves(rows, paths["curves"], group_by=group_by)
     paths["html"].write_text(report_html(rows, groups, group_by))
     return paths
 

@@ -34,6 +34,7 @@ from typing import Sequence
 from train import run_lock
 
 POINT_FILE, DONE_FILE, MANIFEST = "sweep_point.json", "done.json", "sweep.json"
+EVALS_PER_RUN = 5          # the sweep's default: evaluations per run (unless train.eval_every is given)
 
 
 @dataclass
@@ -119,11 +120,15 @@ def plan(config: str | None, over: Sequence[tuple[str, list[str]]], sets: Sequen
     combos = list(itertools.product(*[vals for _, vals in over]))
     names = point_names(keys, combos)
     points, errors = [], []
+    user_keys = set(keys) | {s.split("=", 1)[0].strip() for s in sets}
     for name, combo in zip(names, combos):
         overrides = [f"{k}={v}" for k, v in zip(keys, combo)]
         p = Point(name, overrides, out / name)
         try:
-            load_config(config, [*sets, *overrides, f"train.run_dir={p.run_dir}"])
+            cfg = load_config(config, [*sets, *overrides, f"train.run_dir={p.run_dir}"])
+            if "train.eval_every" not in user_keys and cfg.train.eval_every * EVALS_PER_RUN > cfg.train.steps:
+                # A sweep is for comparing curves: evaluate several times per run, not once at the end.
+                p.overrides.append(f"train.eval_every={max(1, cfg.train.steps // EVALS_PER_RUN)}")
         except (ValueError, FileNotFoundError) as e:
             msg = str(e).removeprefix("invalid config: ")
             errors.append(msg if len(combos) == 1 else f"{msg} [at {', '.join(overrides)}]")
@@ -141,9 +146,11 @@ def plan(config: str | None, over: Sequence[tuple[str, list[str]]], sets: Sequen
 # =========================================================================== running
 
 
-def run_point(run_dir: str | Path, *, log=print) -> dict:
+def run_point(run_dir: str | Path, *, log=print, own_process: bool = False) -> dict:
     """Train the point whose `sweep_point.json` is in `run_dir`; write `done.json` after
-    train() returns and return its contents (the RunResult, peak memory)."""
+    train() returns and return its contents (the RunResult, and peak memory when the run
+    had a process of its own: in a reused process the peak includes what earlier runs
+    left behind, so it would grow with run order)."""
     from dataclasses import asdict
 
     from train.config import load_config
@@ -151,19 +158,17 @@ def run_point(run_dir: str | Path, *, log=print) -> dict:
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / POINT_FILE).read_text())
     cfg = load_config(spec["config"], spec["overrides"])
-    _reset_peak_rss()
     result = asdict(train(cfg, log=log))
-    result.update(_peak_memory(), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-    (run_dir / DONE_FILE).write_text(json.dumps(result, indent=1) + "\n")
+    return write_done(run_dir, result, own_process=own_process)
+
+
+def write_done(run_dir: str | Path, result: dict, *, own_process: bool) -> dict:
+    """done.json: the RunResult, when it finished, and (own_process) the peak memory."""
+    result = dict(result, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if own_process:
+        result.update(_peak_memory())
+    (Path(run_dir) / DONE_FILE).write_text(json.dumps(result, indent=1) + "\n")
     return result
-
-
-def _reset_peak_rss() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM, so a run in a reused process reports its own peak.
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak_memory() -> dict:
@@ -335,7 +340,7 @@ if __name__ == "__main__":     # the subprocess entry of `--processes N`: RUN_DI
     if len(sys.argv) > 2:
         die_with_parent(int(sys.argv[2]))
     try:
-        run_point(sys.argv[1])
+        run_point(sys.argv[1], own_process=True)
     except Exception as e:  # noqa: BLE001 -- one line for the parent's report
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
