@@ -161,11 +161,20 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY, f"train.run_dir={run}", "train.steps=4"]) == 0
     assert main(["eval", "--run", str(run), "--batches", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "loss" in out and "bits_per_byte" in out
+    res = capsys.readouterr()
+    assert "loss" in res.out and "bits_per_byte" in res.out
+    assert "latest checkpoint (step 4)" in res.err and "256 tokens (2 batches)" in res.err   # 2 × 4 × 32
+    assert main(["eval", "--run", str(run), "--batches", "all"]) == 0
+    assert "of the validation split's" in capsys.readouterr().err
     assert main(["sample", "--run", str(run), "--prompt", "The energy", "--max-new-tokens", "8",
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("The energy")
+    # past the 32-token context the window slides, and says so
+    assert main(["sample", "--run", str(run), "--prompt", "The energy", "--max-new-tokens", "60",
+                 "--temperature", "0"]) == 0
+    res = capsys.readouterr()
+    assert "sliding window" in res.err
+    assert len(res.out.rstrip("\n")) >= len("The energy") + 60 - 10, res.out   # 60 tokens, not 22
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -410,16 +410,29 @@ def _add_eval(sub):
                 description="Restore a run's checkpoint and evaluate it on its validation split.",
                 example="energy-attn eval --run runs/default --batches 50")
     p.add_argument("--run", required=True, help="run directory (holds config.yaml and checkpoints/)")
-    p.add_argument("--batches", type=positive_int, default=None,
-                   help="validation batches (default: the run's train.eval_batches)")
+    p.add_argument("--batches", type=_batches, default=None,
+                   help="validation batches, or 'all' for the whole validation split "
+                        "(default: the run's train.eval_batches)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.set_defaults(handler=_eval, prog=p.prog)
 
 
+def _batches(text: str):
+    return "all" if text == "all" else positive_int(text)
+
+
 def _eval(args):
     from train.evaluate import evaluate_run
-    result = evaluate_run(args.run, batches=args.batches, which=args.checkpoint)
-    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    r = evaluate_run(args.run, batches=args.batches, which=args.checkpoint)
+    covered = f"{r['tokens']:,} tokens ({r['batches']} batches)"
+    if r["split_tokens"]:
+        covered += f" of the validation split's {r['split_tokens']:,}"
+        if r["tokens"] > r["split_tokens"]:
+            covered += " (the last batch repeats rows from the start)"
+    print(f"{args.run}: {r['model']} with {r['energy']} attention, {r['checkpoint']} checkpoint "
+          f"(step {r['step']}), on {covered}", file=sys.stderr)
+    metrics = {k: r[k] for k in ("step", "loss", "perplexity", "bits_per_byte") if k in r}
+    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
     return 0
 
 
@@ -445,7 +458,7 @@ def _sample(args):
     from train.evaluate import sample_run
     text = sample_run(args.run, args.prompt, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
-                      which=args.checkpoint)
+                      which=args.checkpoint, log=lambda m: print(m, file=sys.stderr))
     print(text)
     return 0
 
