@@ -866,8 +866,16 @@ def _config_show(args):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="energy-attn",
-                description="Attention defined only through a scalar energy: tools and benchmarks.",
-                epilog="example:\n  energy-attn bench attention --skip-long",
+                description="Attention defined only through a scalar energy: train language models "
+                            "with any energy,\ncompare energies and models, and look at energy landscapes.",
+                epilog=("the three jobs, one command each (every command has --help with an example):\n"
+                        "  energy-attn train model.attention.energy=sigmoid         # train a small LM "
+                        "(zoo: configs/*.yaml)\n"
+                        "  energy-attn sweep --over model.attention.energy=softmax,sigmoid --over "
+                        "train.seed=0,1 \\\n      --set train.steps=200 --out runs/sweep_energy\n"
+                        "  energy-attn compare runs/sweep_energy --group-by model.attention.energy\n"
+                        "  energy-attn viz report --run runs/default --out report/   # energy "
+                        "landscapes, attention maps"),
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
