@@ -41,6 +41,7 @@ from ..autodiff import all_symbolic_zero, instantiate_zeros
 from ..energies.linear import dense_num_den, features
 from ..energies.sigmoid import sigmoid as sigmoid_energy
 from ..kernels import softmax_attention
+from ..kv_cache import KVCache
 from ..masks import Mask, as_mask, causal, padding
 from ..primitives import default_beta, expand_kv_heads, logsumexp, scores, source
 from ..registry import get_energy
@@ -429,11 +430,7 @@ class ShardedKVCache:
     def append(self, k_new, v_new) -> "ShardedKVCache":
         """Write T_new tokens at `index` (they may straddle shards) and advance it."""
         n = k_new.shape[1]
-        if n > self.max_len:
-            raise ValueError(f"cannot write {n} tokens into a KV cache of max_len {self.max_len}")
-        if not isinstance(self.index, jax.core.Tracer) and int(self.index) + n > self.max_len:
-            raise ValueError(f"KV cache overflow: {int(self.index)} positions filled + {n} new "
-                             f"> max_len {self.max_len}; create the cache with a larger max_len")
+        KVCache.check_room(self.index, n, self.max_len)
         axis = _seq_spec(self.seq_axes)
         kv = P(None, axis)
 
