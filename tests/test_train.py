@@ -44,6 +44,11 @@ def test_training_writes_everything_and_learns(tmp_path):
     lr_at = learning_rate_schedule(tiny(run, "optim.lr=3e-3").optim, 40)
     assert [r["lr"] for r in train_rows] == pytest.approx([float(lr_at(r["step"] - 1)) for r in train_rows])
     assert train_rows[0]["lr"] > train_rows[-1]["lr"] > 0
+    # throughput: FLOP/s = XLA's FLOPs per step × steps/s, and MFU against a measured matmul
+    from train.throughput import matmul_peak_flops
+    row = train_rows[-1]
+    assert row["flop_per_s"] > 0 and 0 < row["mfu"] < 1.5
+    assert row["flop_per_s"] / row["mfu"] == pytest.approx(matmul_peak_flops(), rel=1.0)   # same peak, noisy
     assert {"loss", "perplexity", "bits_per_byte"} <= set(val_rows[-1])
     assert result.step == 40 and np.isfinite(result.val_loss)
 
@@ -221,3 +226,12 @@ def test_bench_train_pairs_identical_models(tmp_path):
     assert res["loss_gap"] < 1e-5
     assert np.isfinite(res["ratio"]) and res["ratio"] > 0
     assert "target <= 1.0" in format_report(res)
+
+
+def test_step_flops_is_xlas_count_of_the_step():
+    import jax
+    import jax.numpy as jnp
+
+    from train.throughput import step_flops
+    f = jax.jit(lambda a, b: a @ b)
+    assert step_flops(f, jnp.ones((64, 32)), jnp.ones((32, 16))) == 2 * 64 * 32 * 16

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from energy_attn.sequence_sharding import SequenceSharding
 from models import build_model, generate, num_params
+from train.throughput import matmul_peak_flops, step_flops
 from train.checkpoint import Checkpointer
 from train.config import Config, OptimConfig, dump_yaml, to_dict
 from train.data import build_data
@@ -145,10 +146,10 @@ class TrainStep:
             model, optimizer = nnx.merge(graphdef, state)
             loss, grad_norm = accumulated_step(model, optimizer, batch, grad_accum)
             return nnx.state((model, optimizer)), loss, grad_norm
-        self._jitted = jax.jit(pure)
+        self.jitted = jax.jit(pure)
 
     def __call__(self, batch):
-        self.state, loss, grad_norm = self._jitted(self.state, batch)
+        self.state, loss, grad_norm = self.jitted(self.state, batch)
         return loss, grad_norm
 
     def sync(self) -> None:
@@ -301,6 +302,7 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
     # have reached a checkpoint (every save comes after such a read) or the parameters
     # (apply_if_finite).
     pending: list[tuple[int, jax.Array, jax.Array]] = []
+    flops_per_step = peak = None
     timer_step, timer_t = start_step, time.perf_counter()
 
     def settle() -> None:
@@ -344,9 +346,16 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
                     "(data, model, compilation)")
             tok_s = tokens_per_step * (step - timer_step) / (time.perf_counter() - timer_t)
             bar.update(step, loss, tok_s)
+            if first and main_process:     # once, after step 1: what a step costs and what the machine does
+                flops_per_step = step_flops(train_step.jitted, train_step.state, batch)
+                peak = matmul_peak_flops(cfg.model.compute_dtype) if flops_per_step else None
             if log_now:
+                speed = {"tokens_per_s": tok_s}
+                if flops_per_step:
+                    speed["flop_per_s"] = flops_per_step * tok_s / tokens_per_step
+                    speed["mfu"] = speed["flop_per_s"] / peak
                 metrics.log(step, {"loss": loss, "grad_norm": grad_norm, "lr": float(lr_at(step - 1)),
-                                   "tokens_per_s": tok_s, "skipped_steps": skipped})
+                                   **speed, "skipped_steps": skipped})
             if eval_now or save_now:
                 train_step.sync()
             if eval_now:
