@@ -267,3 +267,17 @@ def test_viz_landscape_subcommand_writes_the_png(tmp_path, capsys):
     assert main(["viz", "landscape", "--energy", "softmax", "--dim", "8", "--beta", "1",
                  "--grid", "6", "--out", str(out)]) == 0
     assert is_png(out) and capsys.readouterr().out.strip() == str(out)
+
+
+def test_captions_explain_missing_basins_and_unnormalised_weights():
+    from energy_attn.landscape.toy import basin_notes, landscape_notes
+    X = ls.toy_patterns(5, seed=0)
+    res = ls.basins("sparsemax", X, beta=0.5, grid=12)
+    notes = basin_notes([res])
+    counts = np.bincount(res["labels"].ravel(), minlength=6)
+    assert len(notes) == int((counts[:5] == 0).sum()) >= 1, (notes, counts)
+    assert all("has no basin" in n for n in notes)
+    assert basin_notes([ls.basins("softmax", X, beta=8.0, grid=12)]) == []       # every pattern retrieved
+    panels = [ls.landscape(e, X, beta=2.0, grid=8) for e in ("softmax", "sigmoid")]
+    notes = landscape_notes(panels)
+    assert len(notes) == 1 and notes[0].startswith("sigmoid:")

@@ -56,12 +56,31 @@ def _mark_patterns(ax, p2d, *, labels=True, colors=None, off_plane=None, max_lab
                    edgecolors="cyan", linewidths=1.6, zorder=5,
                    label=f"{word} off the plane (projected)")
     if labels:
+        placed = []
         for j, (x, y) in enumerate(p2d):
             if off[j] and n > max_labels:
                 continue
-            ax.annotate(f"x{j}", (x, y), textcoords="offset points", xytext=(7, 7), fontsize=9,
+            offset = _free_offset(ax, (x, y), placed)
+            ax.annotate(f"x{j}", (x, y), textcoords="offset points", xytext=offset, fontsize=9,
                         fontweight="bold", color="black", zorder=6,
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7))
+
+
+def _free_offset(ax, xy, placed, candidates=((7, 7), (7, -15), (-25, 7), (-25, -15), (7, 20), (-25, 20))):
+    """The first label offset (points) whose label box, roughly 22 × 13 points, overlaps no
+    label placed before; appends the chosen box to `placed` (in points on the axes)."""
+    fig = ax.get_figure()
+    box = ax.get_position()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    w_pt, h_pt = box.width * fig.get_figwidth() * 72, box.height * fig.get_figheight() * 72
+    px, py = (xy[0] - x0) / (x1 - x0) * w_pt, (xy[1] - y0) / (y1 - y0) * h_pt
+    for dx, dy in candidates:
+        lx, ly = px + dx, py + dy
+        if all(abs(lx - ox) > 22 or abs(ly - oy) > 13 for ox, oy in placed):
+            placed.append((lx, ly))
+            return dx, dy
+    placed.append((px + candidates[0][0], py + candidates[0][1]))
+    return candidates[0]
 
 
 def _suptitle(fig, text, ncols=None, fontsize=11):

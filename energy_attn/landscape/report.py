@@ -8,7 +8,8 @@ from ..registry import available_energies
 from .model import DEFAULT_PROMPT, check_head, model_attention, plot_attention_maps, plot_head_classes, \
     plot_head_landscape, prompt_ids, token_labels
 from .retrieval import toy_patterns
-from .toy import NOT_RETRIEVAL_ENERGIES, plot_basins, plot_beta_sweep, plot_curves, plot_landscape
+from .toy import (NOT_RETRIEVAL_ENERGIES, landscape_notes, plot_basins, plot_beta_sweep, plot_curves,
+                  plot_landscape)
 
 
 def report(out_dir, *, model=None, tokenizer=None, step: int | None = None, name: str | None = None,
@@ -42,11 +43,12 @@ def report(out_dir, *, model=None, tokenizer=None, step: int | None = None, name
     X = toy_patterns(5, seed=seed)
     names = sorted((n for n in available_energies() if n not in NOT_RETRIEVAL_ENERGIES),
                    key=lambda n: (n != "softmax", n))          # softmax (Hopfield) first
-    plot_landscape(names, X, beta=2.0, grid=grid, seed=seed, out=out_dir / "landscape.png")
+    panels = plot_landscape(names, X, beta=2.0, grid=grid, seed=seed, out=out_dir / "landscape.png")["panels"]
     add("landscape.png", "Energy landscapes of every registered energy",
         "Filled contours of the retrieval energy E(ξ) = −F(ξ; keys = values = patterns)/β + ½‖ξ‖² "
         "(−F/2β for distance; −F + ½‖ξ‖² for energies without β) over the plane, with five stored "
-        "patterns (stars). Red lines: iterates of the attention update ξ ← ∂F/∂ζ from the open circles.")
+        "patterns (stars). Red lines: iterates of the attention update ξ ← ∂F/∂ζ from the open circles. "
+        "linear has no β and one global minimum. " + " ".join(landscape_notes(panels)))
     Xh = toy_patterns(6, dim=16, seed=seed, radius=3.0)
     plot_landscape(["softmax"], Xh, beta=1.0, grid=grid, seed=seed, plane=(0, 1),
                    out=out_dir / "landscape_plane.png",
@@ -55,12 +57,12 @@ def report(out_dir, *, model=None, tokenizer=None, step: int | None = None, name
     add("landscape_plane.png", "A plane through two patterns in 16 dimensions",
         "The softmax (Hopfield) energy on the plane through the origin and stored patterns x0, x1 of "
         "six 16-dimensional patterns; the other patterns appear at their projections.")
-    plot_basins(X, grid=grid, seed=seed, out=out_dir / "basins.png")
+    notes = plot_basins(X, grid=grid, seed=seed, out=out_dir / "basins.png")["notes"]
     add("basins.png", "Basins of attraction",
         "Every initial state of the grid is iterated to convergence and coloured by the stored pattern "
         "it reaches (within a quarter of the pattern spacing, association weight > 0.9); grey marks "
         "metastable mixtures. Small β merges everything into one global fixed point; large β gives "
-        "one basin per pattern.")
+        "one basin per pattern. " + " ".join(notes))
     plot_curves(seed=seed, out=out_dir / "curves.png")
     add("curves.png", "Energy against iteration",
         "Left: hopfield.retrieve energies of noisy queries at several β (monotone, CCCP). Middle: the "

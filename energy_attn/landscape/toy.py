@@ -103,7 +103,7 @@ def _draw_landscape(fig, ax, res, *, title=None, show_colorbar=True):
     _mark_patterns(ax, res["patterns_2d"], off_plane=res["off_plane"], labels=res.get("labels", True),
                    word=res.get("word", "patterns"))
     if res["off_plane"].any():
-        ax.legend(loc="lower left", fontsize=7, framealpha=0.7)
+        ax.legend(loc="best", fontsize=7, framealpha=0.7)     # "best" keeps off the start points
     x0, x1, y0, y1 = res["extent"]
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
@@ -207,7 +207,43 @@ def plot_basins(patterns=None, panels: Sequence[tuple[Energy, float]] = DEFAULT_
     fig.legend(handles=handles, loc="outside lower center", ncols=n + 1, fontsize=9)
     fig.suptitle("Basins of attraction: initial state coloured by the pattern it converges to\n"
                  "(within a quarter of the pattern spacing, association weight > 0.9)", fontsize=11)
-    return dict(panels=results, path=_save(fig, out))
+    return dict(panels=results, notes=basin_notes(results), path=_save(fig, out))
+
+
+def basin_notes(results) -> list[str]:
+    """Why a stored pattern has no basin in a panel that is not all metastable: at that β the
+    update at the pattern gives part of the weight to other patterns, so it is not where the
+    iterates settle."""
+    from .retrieval import associations
+    notes = []
+    for r in results:
+        counts = np.bincount(r["labels"].ravel(), minlength=len(r["patterns"]) + 1)
+        if counts[-1] == r["labels"].size:
+            continue
+        for j in np.flatnonzero(counts[:-1] == 0):
+            w = np.asarray(associations(r["energy"], r["patterns"][j], r["patterns"], beta=r["beta"]))
+            other = int(np.argsort(-w)[1] if np.argmax(w) == j else np.argmax(w))
+            notes.append(f"{r['energy']}, β = {r['beta']:g}: x{j} has no basin. At ξ = x{j} the "
+                         f"update gives x{j} only {w[j]:.0%} of the weight (x{other}: {w[other]:.0%}), "
+                         f"so iterates from x{j} move off it and settle where no pattern holds 90% "
+                         "of the weight (grey), or at another pattern.")
+    return notes
+
+
+def landscape_notes(panels) -> list[str]:
+    """Energies whose weights at a stored pattern do not sum to 1: their update sums
+    patterns instead of averaging them, so its fixed points are not the patterns."""
+    from .retrieval import associations
+    notes = []
+    for r in panels:
+        X = r["patterns"]
+        sums = [float(np.asarray(associations(r["energy"], x, X, beta=r["beta"])).sum()) for x in X]
+        if abs(np.mean(sums) - 1) > 0.05:
+            notes.append(f"{r['energy']}: its weights at a stored pattern sum to {np.mean(sums):.2f} on "
+                         "average, not 1 (they are not normalised), so ξ ← ∂F/∂ζ is a weighted sum of "
+                         "patterns rather than an average: iterates leave the patterns for the minima "
+                         "of E elsewhere.")
+    return notes
 
 
 # ============================================================ 3. energy vs iteration
