@@ -138,7 +138,7 @@ def _run_child(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _peak_rss_bytes():
+def peak_rss_bytes():
     """Peak RSS of this process since it exec'd.
 
     Not getrusage: on Linux ru_maxrss (RUSAGE_SELF in the child, or the parent's
@@ -179,7 +179,7 @@ def _child():
             result.update(measure(_fwd_bwd(_ours(energy)), q, k, v, w, repeats=spec["repeats"]))
     except Exception as e:
         result["error"] = _short_error(e)
-    rss = _peak_rss_bytes()
+    rss = peak_rss_bytes()
     result["peak_rss_gib"] = None if rss is None else rss / 2 ** 30
     print(json.dumps(result), flush=True)
 

@@ -1,10 +1,9 @@
-"""train.metrics: metrics.jsonl, config.yaml, W&B modes without network, the progress bar."""
+"""train.metrics: metrics.jsonl, W&B modes without network, the progress bar."""
 import io
 import json
 
 import numpy as np
 import pytest
-import yaml
 
 from train import metrics as M
 from train.metrics import LoggingWarning, MetricsLogger, ProgressBar, read_metrics
@@ -49,17 +48,16 @@ def test_half_written_last_line_is_isolated(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 3]
 
 
-def test_config_yaml_written(tmp_path):
-    cfg = {"model": {"name": "gpt", "num_layers": 4, "dims": (128, 64)}, "optim": {"lr": 1e-3}}
-    MetricsLogger(tmp_path, wandb_mode="disabled", config=cfg).close()
-    loaded = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert loaded == {"model": {"name": "gpt", "num_layers": 4, "dims": [128, 64]},
-                      "optim": {"lr": 1e-3}}
-    # The same config already on disk (here with a comment) is left as it is.
-    text = "# resolved\n" + (tmp_path / "config.yaml").read_text()
-    (tmp_path / "config.yaml").write_text(text)
-    MetricsLogger(tmp_path, wandb_mode="disabled", config=cfg).close()
-    assert (tmp_path / "config.yaml").read_text() == text
+def test_config_yaml_has_one_writer_the_trainer(tmp_path):
+    """The logger hands the config to W&B only; config.yaml is train.config.dump_yaml's,
+    written whole (through a temporary file), and reloads to the same Config."""
+    from train.config import dump_yaml, load_config
+    MetricsLogger(tmp_path, wandb_mode="disabled", config={"optim": {"lr": 1e-3}}).close()
+    assert not (tmp_path / "config.yaml").exists()
+    cfg = load_config(None, ["model.d_model=64"])
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_disabled_mode_touches_no_wandb(tmp_path, wandb_env, monkeypatch):

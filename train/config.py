@@ -681,7 +681,9 @@ def dump_yaml(cfg: Config, path: str | Path) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
-    p.write_text("# resolved energy-attn config: reload with train.config.load_config\n" + text)
+    tmp = p.with_suffix(".yaml.tmp")
+    tmp.write_text("# resolved energy-attn config: reload with train.config.load_config\n" + text)
+    tmp.replace(p)          # never a half-written config.yaml
 
 
 def _field_comments(cls: type) -> dict[str, str]:

@@ -473,24 +473,6 @@ def _write_samples(model, tokenizer, cfg: Config, run_dir: Path, step: int, log,
 
 
 def _plot_losses(run_dir: Path):
-    """loss.png: train and val loss against step, from metrics.jsonl."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves: dict[str, list] = {"train": [], "val": []}
-    for row in read_metrics(run_dir):
-        split = row.get("split", "train")
-        if split in curves and "loss" in row:
-            curves[split].append((row["step"], row["loss"]))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for split, pts in curves.items():
-        if pts:
-            ax.plot(*zip(*sorted(pts)), label=split, marker="o" if split == "val" else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(run_dir.name)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
-    plt.close(fig)
+    """loss.png: train and val loss against step, from metrics.jsonl (compare's plot, one run)."""
+    from train.compare import plot_curves, summarize
+    plot_curves([summarize(run_dir)], run_dir / "loss.png")

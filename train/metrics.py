@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-import yaml
 
 WANDB_MODES = ("online", "offline", "disabled", "auto")
 
@@ -127,30 +126,11 @@ class MetricsLogger:
         self.wandb_mode = "disabled"
         mode = resolve_wandb_mode(wandb_mode)     # a bad mode name is a config error: raise
         try:
-            if config is not None:
-                self._write_config(config)
-        except Exception as e:
-            _warn(f"could not write {self.run_dir / 'config.yaml'} ({_reason(e)})")
-        try:
             self._start_wandb(mode, project, config, run_name)
         except Exception as e:   # e.g. wandb_id.txt not writable
             self._finish_wandb()
             _warn(f"wandb setup failed ({_reason(e)}); wandb disabled, "
                   f"metrics go to {self.path} only")
-
-    # ---------------------------------------------------------------- config
-
-    def _write_config(self, config: dict) -> None:
-        path = self.run_dir / "config.yaml"
-        data = _plain(config)
-        try:
-            if path.is_file() and yaml.safe_load(path.read_text()) == data:
-                return       # same config already there (maybe with comments): leave it
-        except (OSError, yaml.YAMLError):
-            pass
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
-        tmp.replace(path)    # never a half-written config.yaml
 
     # ---------------------------------------------------------------- wandb
 

@@ -172,14 +172,9 @@ def write_done(run_dir: str | Path, result: dict, *, own_process: bool) -> dict:
 
 
 def _peak_memory() -> dict:
-    out = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        import resource
-        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    from energy_attn.bench import peak_rss_bytes
+    rss = peak_rss_bytes()
+    out = {} if rss is None else {"peak_rss_mb": round(rss / 2**20, 1)}
     try:
         import jax
         stats = jax.devices()[0].memory_stats() or {}

@@ -38,7 +38,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..autodiff import all_symbolic_zero, instantiate_zeros
-from ..energies.linear import dense_num_den, features
+from ..energies.linear import features
+from ..kernels.linear_sums import dense_num_den
 from ..energies.sigmoid import sigmoid as sigmoid_energy
 from ..kernels import softmax_attention
 from ..kv_cache import KVCache
