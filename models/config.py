@@ -11,8 +11,8 @@ class AttentionConfig:
     energy: str = "softmax"                 # any registered energy name
     energy_params: dict[str, Any] = field(default_factory=dict)   # e.g. {beta: 0.5} or {alpha: 1.5}
     num_kv_heads: int | None = None         # grouped-query attention (default: num_heads)
-    rope: bool = True
-    rope_base: float = 10000.0
+    rope: bool = True                       # rotary position embeddings on q and k (self-attention)
+    rope_base: float = 10000.0              # RoPE frequency base (longer contexts: larger)
     segment_mask: bool = True               # packed documents do not attend across boundaries
 
 
@@ -48,7 +48,7 @@ class BSTConfig:
     num_filters: int = 2                    # mf only: SSM filters, each gives the last S/num_filters outputs
     bst_every: int = 1                      # every k-th layer is a BST layer; the rest attend in-block only
     dt_min: float = 1e-3                    # S4D step size Δ, log-uniform in [dt_min, dt_max] at init
-    dt_max: float = 1e-1
+    dt_max: float = 1e-1                    # upper end of the Δ initialisation range
     conv: str = "chunked"                   # SSM convolution: "chunked" (the recurrence one block at a
                                             # time, linear in T) or "fft" (the paper's, O(T log T)); same result
 
@@ -58,14 +58,14 @@ class ModelConfig:
     name: str = "transformer"               # key in models.registry
     vocab_size: int = 256                   # set from the tokenizer by the trainer
     max_seq_len: int = 128                  # longest sequence (RoPE positions, KV cache size)
-    d_model: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
+    d_model: int = 128                      # width of the residual stream
+    num_layers: int = 4                     # blocks (zamba: Mamba layers; energy_transformer: ignored)
+    num_heads: int = 4                      # attention heads (head dim d_model // num_heads)
     mlp: str = "swiglu"                     # "swiglu" or "gelu"
     mlp_ratio: float = 4.0                  # hidden = mlp_ratio * d_model (SwiGLU: 2/3 of that, rounded)
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    norm_eps: float = 1e-6
+    tie_embeddings: bool = True             # the LM head reuses the token embedding matrix
+    dropout: float = 0.0                    # dropout on residual branches during training
+    norm_eps: float = 1e-6                  # epsilon of RMSNorm
     compute_dtype: str = "float32"          # "float32" or "bfloat16"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     ssm: SSMConfig = field(default_factory=SSMConfig)          # zamba

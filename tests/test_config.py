@@ -336,6 +336,11 @@ def test_config_reference_lists_every_key():
     assert any(l.startswith("| `optim.lr` | `float` | `0.002` |") for l in lines)
     keys = [l.split("`")[1] for l in lines[2:]]
     assert keys == list(_leaf_keys())
+    # every key described, and comments that continue on the next lines kept whole
+    assert all(l.rstrip().rstrip("|").strip() and not l.endswith("|  |") for l in lines[2:]), \
+        [l for l in lines[2:] if l.endswith("|  |")]
+    remat = next(l for l in lines if l.startswith("| `model.ssm.remat` "))
+    assert "costs about one more forward" in remat
 
 
 def _leaf_keys(cls=Config, prefix=""):

@@ -692,9 +692,20 @@ def _field_comments(cls: type) -> dict[str, str]:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    out = {}
-    for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+?)\s*$", src, re.MULTILINE):
-        out[match.group(1)] = match.group(2)
+    out, last = {}, None
+    for line in src.splitlines():
+        field_match = re.match(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*?))?\s*$", line)
+        comment_only = re.match(r"^\s+#\s*(.*?)\s*$", line)
+        if comment_only and last is not None:      # a comment continued on the next lines
+            out[last] = f"{out[last]} {comment_only.group(1)}".strip()
+        elif field_match and not line.strip().startswith(("def ", "@", "return", '"""')):
+            last = field_match.group(1)
+            out[last] = field_match.group(2) or ""
+            if not out[last]:
+                del out[last]
+                last = None
+        else:
+            last = None
     return out
 
 
