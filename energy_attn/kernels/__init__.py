@@ -1,4 +1,10 @@
-"""Fast kernels for the softmax energy's derivative rule.
+"""Kernels: the fast and the numerically delicate parts that energies are built on.
+
+    entmax.py        the α-entmax solver and the Tsallis conjugate, with exact JVPs
+    linear_sums.py   kernel attention's num/den: chunked prefix sums (causal), or dense
+    blockwise.py, flash.py, few_queries.py, and this file: the softmax energy's kernels
+
+Fast kernels for the softmax energy's derivative rule.
 
 `softmax_attention` returns the exact attention output ∂F/∂ζ and the per-query
 log-partition for F(ζ) = Σ_i lse_j(β q_i·k_j + bias_ij + ζ_i·v_j), for any ζ.
