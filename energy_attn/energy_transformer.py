@@ -260,16 +260,13 @@ class EnergyTransformerBlock(nnx.Module):
 
 
 @register_energy("energy_transformer")
-def et_attention(q, k, v, zeta, *, mask=None, beta=None, steps=12, alpha=0.1, num_memories=None):
+def et_attention(q, k, v, zeta, *, mask=None, beta=None):
     """ET's attention in the library contract: F(ζ) = Σ_C log Σ_{B≠C} exp(β q_C·k_B + ζ_C·v_B).
 
     ∂F/∂ζ at 0 is softmax attention that skips the token itself. At ζ = 0, −F_h/β_h
     summed over heads is E_ATT with q = W_Q g, k = W_K g. Registered so that a config can say
-    `model.attention.energy: energy_transformer`; `steps`, `alpha` and
-    `num_memories` are options of the ET *model* (models/energy_transformer.py)
-    that ride along in `energy_params` (config validation checks those keys
-    against this signature); the attention energy itself ignores them.
+    `model.attention.energy: energy_transformer`; the descent's own options (steps, step
+    size, memories) are the model's: `model.energy_transformer` in a config.
     """
-    del steps, alpha, num_memories
     s = scores(q, k, mask=_pair_mask(q.shape[1], k.shape[1], mask), beta=beta)
     return logsumexp(s + source(zeta, v), axis=-1).sum()

@@ -54,6 +54,14 @@ class BSTConfig:
 
 
 @dataclass
+class EnergyTransformerConfig:
+    """The Energy Transformer's descent. Owned by models/energy_transformer.py."""
+    steps: int = 12                         # descent steps x <- x - alpha dE/dg of the one weight-tied block
+    alpha: float = 0.1                      # step size of the descent (Hoover et al.: 0.1)
+    num_memories: int = 0                   # Hopfield memories xi (they replace the MLP); 0: mlp_ratio * d_model
+
+
+@dataclass
 class ModelConfig:
     name: str = "transformer"               # key in models.registry
     vocab_size: int = 256                   # set from the tokenizer by the trainer
@@ -71,6 +79,7 @@ class ModelConfig:
     ssm: SSMConfig = field(default_factory=SSMConfig)          # zamba
     zamba: ZambaConfig = field(default_factory=ZambaConfig)    # zamba
     bst: BSTConfig = field(default_factory=BSTConfig)          # bst
+    energy_transformer: EnergyTransformerConfig = field(default_factory=EnergyTransformerConfig)
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -2,8 +2,8 @@
 run for `steps` steps of energy descent -> RMSNorm -> LM head.
 
     cfg = ModelConfig(name="energy_transformer", d_model=64, num_heads=4,
-                      attention=AttentionConfig(energy="energy_transformer",
-                                                energy_params={"steps": 6, "alpha": 0.1}))
+                      attention=AttentionConfig(energy="energy_transformer"),
+                      energy_transformer=EnergyTransformerConfig(steps=6, alpha=0.1))
     model = build_model(cfg, rngs=nnx.Rngs(0))
     logits = model(tokens)                                   # (B, T) int -> (B, T, vocab) fp32
     cache = model.init_cache(batch, max_len)
@@ -11,11 +11,12 @@ run for `steps` steps of energy descent -> RMSNorm -> LM head.
 
 What it reads from ModelConfig: vocab_size, max_seq_len (learned positions),
 d_model, num_heads (head dim d_model // num_heads), mlp_ratio (default memory
-count), tie_embeddings, norm_eps, attention.segment_mask. From
-`attention.energy_params`, all optional:
+count), tie_embeddings, norm_eps, attention.segment_mask, and its own section
+`model.energy_transformer` (EnergyTransformerConfig):
     steps        (12)                        descent steps of the shared block
     alpha        (0.1)                       step size of x ← x − α ∂E/∂g
-    num_memories (mlp_ratio · d_model)       Hopfield memories ξ (the MLP width they replace)
+    num_memories (0: mlp_ratio · d_model)    Hopfield memories ξ (the MLP width they replace)
+From `attention.energy_params`, the attention energy's only option:
     beta         (1/sqrt(head_dim))          attention inverse temperature, scalar or per head
 Ignored: num_layers (depth is `steps` of one block), mlp, dropout, rope and
 rope_base (positions are a learned embedding), num_kv_heads, compute_dtype (the
@@ -52,7 +53,31 @@ from .registry import register_model
 
 Array = Any
 
-ENERGY_PARAM_KEYS = ("steps", "alpha", "num_memories", "beta")
+ENERGY_PARAM_KEYS = ("beta",)          # of the attention energy; the descent's own knobs: model.energy_transformer
+
+
+def et_config_errors(cfg: ModelConfig) -> list[str]:
+    """One message per invalid model.energy_transformer / attention option (train.config.validate
+    and the model's constructor use it)."""
+    a, e, errors = cfg.attention, cfg.energy_transformer, []
+    if a.energy not in ("energy_transformer", "softmax"):
+        errors.append(f"model.attention.energy={a.energy!r}: the Energy Transformer defines its own "
+                      "attention energy; set model.attention.energy=energy_transformer")
+    for key in sorted(set(a.energy_params or {}) - set(ENERGY_PARAM_KEYS)):
+        hint = (f"; the descent's options are model.energy_transformer.{key} now"
+                if key in ("steps", "alpha", "num_memories") else "")
+        errors.append(f"model.attention.energy_params.{key}: the Energy Transformer's attention energy "
+                      f"takes only {', '.join(ENERGY_PARAM_KEYS)}{hint}")
+    if e.steps < 0:
+        errors.append(f"model.energy_transformer.steps must be >= 0, got {e.steps}")
+    if not e.alpha > 0:
+        errors.append(f"model.energy_transformer.alpha (the step size) must be > 0, got {e.alpha}")
+    if e.num_memories < 0:
+        errors.append(f"model.energy_transformer.num_memories must be >= 0 (0: mlp_ratio * d_model), "
+                      f"got {e.num_memories}")
+    if cfg.d_model % cfg.num_heads:
+        errors.append(f"model.d_model={cfg.d_model} is not divisible by model.num_heads={cfg.num_heads}")
+    return errors
 
 
 @jax.tree_util.register_dataclass
@@ -73,19 +98,14 @@ class EnergyTransformerLM(nnx.Module):
         if a.energy not in ("energy_transformer", "softmax"):
             raise ValueError(f"model.attention.energy={a.energy!r}: the Energy Transformer defines "
                              "its own attention energy; set model.attention.energy=energy_transformer")
-        params = dict(a.energy_params or {})
-        unknown = sorted(set(params) - set(ENERGY_PARAM_KEYS))
-        if unknown:
-            raise ValueError(f"model.attention.energy_params has unknown keys {unknown} for the "
-                             f"Energy Transformer (known: {', '.join(ENERGY_PARAM_KEYS)})")
-        if cfg.d_model % cfg.num_heads:
-            raise ValueError(f"model.d_model={cfg.d_model} is not divisible by "
-                             f"model.num_heads={cfg.num_heads}")
+        errors = et_config_errors(cfg)
+        if errors:
+            raise ValueError("; ".join(errors))
+        e = cfg.energy_transformer
         self.vocab_size, self.max_seq_len = cfg.vocab_size, cfg.max_seq_len
         self.segment_mask, self.tie_embeddings = a.segment_mask, cfg.tie_embeddings
-        self.steps = int(params.get("steps", 12))
-        self.alpha = float(params.get("alpha", 0.1))
-        self.num_memories = int(params.get("num_memories", round(cfg.mlp_ratio * cfg.d_model)))
+        self.steps, self.alpha = int(e.steps), float(e.alpha)
+        self.num_memories = int(e.num_memories or round(cfg.mlp_ratio * cfg.d_model))
         # GPT's N(0, 0.02) everywhere: tied-head logits start near uniform, and the
         # first descent steps move tokens by a fraction of their size (not past it).
         init = nnx.initializers.normal(0.02)
@@ -93,7 +113,7 @@ class EnergyTransformerLM(nnx.Module):
         self.pos_embed = nnx.Param(init(rngs.params(), (cfg.max_seq_len, cfg.d_model)))
         self.block = EnergyTransformerBlock(
             cfg.d_model, cfg.num_heads, cfg.d_model // cfg.num_heads, self.num_memories,
-            steps=self.steps, alpha=self.alpha, causal=True, beta=params.get("beta"),
+            steps=self.steps, alpha=self.alpha, causal=True, beta=a.energy_params.get("beta"),
             init_std=0.02, rngs=rngs)
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nnx.Linear(

@@ -12,16 +12,18 @@ from flax import nnx
 import energy_attn as ea
 from energy_attn import energy_transformer as et
 from models import AttentionConfig, ModelConfig, build_model, generate
+from models.config import EnergyTransformerConfig
 from models.energy_transformer import EnergyTransformerLM   # registers "energy_transformer"
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_cfg(**energy_params):
+def tiny_cfg(energy_params=None, **descent):
     return ModelConfig(name="energy_transformer", vocab_size=11, max_seq_len=12, d_model=16,
-                       num_heads=2, attention=AttentionConfig(
-                           energy="energy_transformer",
-                           energy_params={"steps": 3, "num_memories": 24, **energy_params}))
+                       num_heads=2, attention=AttentionConfig(energy="energy_transformer",
+                                                              energy_params=energy_params or {}),
+                       energy_transformer=EnergyTransformerConfig(**{"steps": 3, "num_memories": 24,
+                                                                     **descent}))
 
 
 def random_params(key, d=6, h=2, y=3, m=5, scale=0.7):
@@ -136,13 +138,17 @@ def test_lm_is_causal_and_segments_stay_apart():
     np.testing.assert_allclose(packed[:, 4:], alone[:, :6], atol=1e-5)
 
 
-def test_lm_energy_trajectory_and_options_from_energy_params():
+def test_lm_energy_trajectory_and_options_from_its_config_section():
     model = build_model(tiny_cfg(steps=4, alpha=0.05), rngs=nnx.Rngs(0))
     assert (model.block.steps, model.block.alpha, model.block.xi.shape) == (4, 0.05, (24, 16))
     traj = model.energy_trajectory(jnp.zeros((2, 5), jnp.int32))
     assert set(traj) == {"attention", "hopfield", "total"} and traj["total"].shape == (5, 2)
-    with pytest.raises(ValueError, match="unknown keys"):
-        build_model(tiny_cfg(stepz=3), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="takes only beta"):
+        build_model(tiny_cfg({"stepz": 3}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.energy_transformer.steps now"):
+        build_model(tiny_cfg({"steps": 3}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="alpha .* must be > 0"):
+        build_model(tiny_cfg(alpha=0.0), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="energy_transformer"):
         build_model(tiny_cfg().replace(attention=AttentionConfig(energy="sigmoid")), rngs=nnx.Rngs(0))
 
@@ -186,10 +192,25 @@ def test_yaml_config_loads_and_builds():
     cfg = load_config(str(REPO / "configs" / "energy_transformer.yaml"))
     assert cfg.model.name == "energy_transformer"
     assert cfg.model.max_seq_len >= cfg.data.seq_len
-    params = cfg.model.attention.energy_params
-    assert set(params) <= {"steps", "alpha", "num_memories", "beta"}
+    assert set(cfg.model.attention.energy_params) <= {"beta"}
     model = build_model(cfg.model.replace(vocab_size=17), rngs=nnx.Rngs(0))
-    assert model.block.steps == params.get("steps", 12)
+    assert model.block.steps == cfg.model.energy_transformer.steps == 12
+    assert model.num_memories == cfg.model.energy_transformer.num_memories == 16
     with pytest.raises(ValueError, match="stepz"):               # typos caught by validation
         load_config(str(REPO / "configs" / "energy_transformer.yaml"),
                     ["model.attention.energy_params.stepz=3"])
+
+
+def test_configs_written_before_the_descent_options_moved_still_load(tmp_path):
+    """A run directory's config.yaml from before model.energy_transformer existed: its
+    energy_params.steps/alpha/num_memories are read as the new keys, with a warning."""
+    from train.config import load_config
+    old = (REPO / "configs" / "energy_transformer.yaml").read_text().replace(
+        "  energy_transformer:\n    steps: 12", "    energy_params:\n      steps: 7").replace(
+        "    alpha: 0.1", "      alpha: 0.2").replace("    num_memories: 16", "      num_memories: 8")
+    assert "energy_params:\n      steps: 7" in old
+    (tmp_path / "old.yaml").write_text(old)
+    with pytest.warns(UserWarning, match="model.attention.energy_params.steps is now model.energy_transformer.steps"):
+        cfg = load_config(str(tmp_path / "old.yaml"))
+    e = cfg.model.energy_transformer
+    assert (e.steps, e.alpha, e.num_memories) == (7, 0.2, 8) and cfg.model.attention.energy_params == {}

@@ -131,7 +131,7 @@ def load_config(path: str | None, overrides: Sequence[str] | None = (), *,
         if not isinstance(data, Mapping):
             raise ValueError(f"config file {path} must hold a mapping of sections "
                              f"(model:, data:, optim:, ...), got {type(data).__name__}")
-        _merge(cfg, data, "")
+        _merge(cfg, _moved_keys(data, path), "")
         if "run_dir" not in (data.get("train") or {}):
             cfg.train.run_dir = f"runs/{p.stem}"      # a config's runs are named after it
     before = to_dict(cfg)
@@ -214,10 +214,42 @@ def _sets_run_dir(overrides: Sequence[str] | str | None, before: Mapping, cfg: "
     return bool(keys & {"train.run_dir", "train"})
 
 
+# Keys that moved, as (old dotted key, new dotted key): configs and run directories written
+# before the move still load, with a warning naming the new key.
+MOVED_KEYS = [(f"model.attention.energy_params.{k}", f"model.energy_transformer.{k}")
+              for k in ("steps", "alpha", "num_memories")]
+
+
+def _moved_keys(data: Mapping[str, Any], where) -> Mapping[str, Any]:
+    """`data` with every MOVED_KEYS old key (of an energy_transformer model) at its new place."""
+    import copy
+    import warnings
+    model = data.get("model") if isinstance(data, Mapping) else None
+    if not isinstance(model, Mapping) or model.get("name") != "energy_transformer":
+        return data
+    data = copy.deepcopy(dict(data))
+    for old, new in MOVED_KEYS:
+        *old_path, old_leaf = old.split(".")
+        *new_path, new_leaf = new.split(".")
+        parent = data
+        for part in old_path:
+            parent = parent.get(part) if isinstance(parent, Mapping) else None
+        if not isinstance(parent, dict) or old_leaf not in parent:
+            continue
+        value = parent.pop(old_leaf)
+        target = data
+        for part in new_path:
+            target = target.setdefault(part, {})
+        target.setdefault(new_leaf, value)
+        warnings.warn(f"{where}: {old} is now {new}; read as such (rewrite the file to silence this)",
+                      stacklevel=3)
+    return data
+
+
 def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *, check: bool = True) -> Config:
     """Like `load_config`, from an already-parsed nested mapping (e.g. `to_dict` output)."""
     cfg = Config()
-    _merge(cfg, data, "")
+    _merge(cfg, _moved_keys(data, "the config"), "")
     apply_overrides(cfg, overrides)
     if check:
         validate(cfg)
@@ -521,7 +553,8 @@ def validate(cfg: Config) -> Config:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(m.norm_eps > 0, f"model.norm_eps must be > 0, got {m.norm_eps}")
     need(a.rope_base > 0, f"model.attention.rope_base must be > 0, got {a.rope_base}")
-    errors.extend(_check_energy(a.energy, a.energy_params))
+    if m.name != "energy_transformer":     # the ET checks its own energy options (below)
+        errors.extend(_check_energy(a.energy, a.energy_params))
     need(m.max_seq_len >= d.seq_len,
          f"model.max_seq_len={m.max_seq_len} is shorter than data.seq_len={d.seq_len}; "
          "the model could not embed the positions of a training sequence")
@@ -544,6 +577,10 @@ def validate(cfg: Config) -> Config:
                  f"data.seq_len={d.seq_len} over mesh.seq={cfg.mesh.seq} ({cfg.mesh.seq_layout}) gives "
                  f"pieces of {d.seq_len // pieces} tokens, not a multiple of model.bst.block_len="
                  f"{m.bst.block_len} (every device must hold whole blocks)")
+
+    if m.name == "energy_transformer":   # its descent options, checked by the model itself
+        from models.energy_transformer import et_config_errors
+        errors.extend(et_config_errors(m))
 
     if m.name == "zamba":  # Mamba hybrid: model.ssm and model.zamba are checked by models/zamba.py
         from models.zamba import zamba_config_errors
