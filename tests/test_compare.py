@@ -69,6 +69,8 @@ def test_report_files_and_values(runs, tmp_path):
     assert float(table["b"]["val_loss"]) == 3.3 and table["crashed"]["val_loss"] == ""
     md = (out / "results.md").read_text()
     assert "| crashed | sigmoid |" in md and "Missing" in md
+    assert md.count("peak memory (measured only") == 1                    # one line per reason
+    assert "`b`, `crashed`, `partial`" in md
     html = (out / "report.html").read_text()
     assert 'href="https://wandb.ai/u/p/runs/def456"' in html
     assert "wandb sync /x/wandb/offline-run-1" in html and "curves.png" in html

@@ -250,8 +250,21 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def missing_by_reason(rows: list[dict]) -> dict[str, list[str]]:
+    """What is missing -> the runs it is missing from (one line per reason, not per run)."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        for m in r["missing"]:
+            out.setdefault(m, []).append(r["run"])
+    return out
+
+
+def _runs_list(runs: list[str], total: int) -> str:
+    return "every run" if len(runs) == total > 1 else ", ".join(f"`{r}`" for r in runs)
+
+
 def missing_markdown(rows: list[dict]) -> str:
-    lines = [f"- `{r['run']}`: {'; '.join(r['missing'])}" for r in rows if r["missing"]]
+    lines = [f"- {reason}: {_runs_list(runs, len(rows))}" for reason, runs in missing_by_reason(rows).items()]
     return ("Missing:\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 
@@ -361,11 +374,11 @@ def report_html(rows: list[dict], groups: list[dict] | None, by: str | None) -> 
     if logged:
         parts.append("<h2>Weights &amp; Biases</h2><ul>" + "".join(
             f"<li><code>{html.escape(r['run'])}</code>: {_wandb_html(r)}</li>" for r in logged) + "</ul>")
-    missing = [r for r in rows if r["missing"]]
+    missing = missing_by_reason(rows)
     if missing:
         parts.append("<h2>Missing</h2><ul>" + "".join(
-            f"<li><code>{html.escape(r['run'])}</code> ({html.escape(r['path'])}): "
-            f"{html.escape('; '.join(r['missing']))}</li>" for r in missing) + "</ul>")
+            f"<li>{html.escape(reason)}: {html.escape(_runs_list(runs, len(rows)).replace('`', ''))}</li>"
+            for reason, runs in missing.items()) + "</ul>")
     return "\n".join(parts) + "\n"
 
 
