@@ -25,7 +25,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from energy_attn.sequence_sharding import SequenceSharding
 from models import build_model, generate, num_params
-from train.throughput import matmul_peak_flops, step_flops
 from train.checkpoint import Checkpointer
 from train.config import Config, OptimConfig, dump_yaml, to_dict
 from train.data import build_data
@@ -33,6 +32,7 @@ from train.metrics import MetricsLogger, ProgressBar, read_metrics
 from train.run_lock import RunLock
 from train.run_record import (HISTORY, ConfigChanged, check_changes, config_changes,
                               experiment_changes, record_changes)
+from train.throughput import matmul_peak_flops, step_flops
 
 
 class TrainingDiverged(RuntimeError):
