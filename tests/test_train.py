@@ -50,6 +50,7 @@ def test_training_writes_everything_and_learns(tmp_path):
     assert row["flop_per_s"] > 0 and 0 < row["mfu"] < 1.5
     assert row["flop_per_s"] / row["mfu"] == pytest.approx(matmul_peak_flops(), rel=1.0)   # same peak, noisy
     assert {"loss", "perplexity", "bits_per_byte"} <= set(val_rows[-1])
+    assert val_rows[-1]["tokens"] == 2 * 4 * 32                       # eval_batches × batch × seq_len
     assert result.step == 40 and np.isfinite(result.val_loss)
 
 

@@ -142,7 +142,7 @@ def summarize(run_dir: str | Path) -> dict:
         "peak_mem_mb": peak, "peak_mem_kind": "device" if done.get("peak_device_mb") else "rss",
         "wandb": wandb.get("id") or _read_text(run_dir / "wandb_id.txt"),
         "wandb_url": wandb.get("url"), "wandb_offline_dir": wandb.get("offline_dir"),
-        "val_metrics": sorted(k for k in final_val if k not in ("step", "split", "time")),
+        "val_metrics": sorted(k for k in final_val if k not in ("step", "split", "time", "tokens")),
         "config": config, "missing": missing,
         "curves": {"train": [(r["step"], r["loss"]) for r in train if _finite(r.get("loss"))],
                    "val": [(r["step"], r["loss"]) for r in val if _finite(r.get("loss"))]},

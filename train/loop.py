@@ -303,6 +303,12 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
     # (apply_if_finite).
     pending: list[tuple[int, jax.Array, jax.Array]] = []
     flops_per_step = peak = None
+    # What an eval covers: the first train.eval_batches batches of the validation split.
+    val_tokens = int(min(cfg.train.eval_batches, getattr(val_batches, "max_batches", math.inf))
+                     * cfg.train.batch_size * cfg.data.seq_len)
+    split_rows = getattr(val_batches, "num_rows", None)
+    val_covers = f"{val_tokens:,} tokens" + ("" if split_rows is None else
+                                             f" of the split's {split_rows * cfg.data.seq_len:,}")
     timer_step, timer_t = start_step, time.perf_counter()
 
     def settle() -> None:
@@ -361,8 +367,9 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
             if eval_now:
                 val_loss = evaluate(model, val_batches(cfg.train.eval_batches), put, eval_step)
                 val = eval_metrics(val_loss, getattr(val_batches, "bytes_per_token", None))
-                metrics.log(step, val, split="val")
-                log(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
+                metrics.log(step, {**val, "tokens": val_tokens}, split="val")
+                log(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items())
+                    + f" ({val_covers})")
             if sample_now:
                 train_step.sync()
                 _write_samples(model, tokenizer, cfg, run_dir, step, log, write=main_process)
