@@ -166,6 +166,7 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path):
 def test_cli_train_eval_sample(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY, f"train.run_dir={run}", "train.steps=4"]) == 0
+    assert json.loads((run / "done.json").read_text())["peak_rss_mb"] > 0     # its own process: measured
     assert main(["eval", "--run", str(run), "--batches", "2"]) == 0
     res = capsys.readouterr()
     assert "loss" in res.out and "bits_per_byte" in res.out

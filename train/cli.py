@@ -397,7 +397,8 @@ def _train(args):
     try:
         result = train(cfg, allow_config_change=args.allow_config_change)
         import jax
-        if jax.process_index() == 0:        # peak memory: this process ran only this run
+        # Peak memory: this process ran only this run. A finished run rerun is left untouched.
+        if jax.process_index() == 0 and not result.already_complete:
             write_done(cfg.train.run_dir, asdict(result), own_process=True)
     except TrainingDiverged as e:
         print(f"{args.prog}: {e}", file=sys.stderr)
