@@ -250,7 +250,8 @@ class BSTLayer(nnx.Module):
             self.cross_norm = RMSNorm(d, eps=cfg.norm_eps)
             self.cross = attention_from_config(cfg, rngs=rngs, use_rope=False)
         self.mlp_norm = RMSNorm(d, eps=cfg.norm_eps)
-        self.mlp = MLP(d, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=compute_dtype(cfg), rngs=rngs)
+        self.mlp = MLP(d, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=compute_dtype(cfg),
+                       fold_tokens=self.sequence_sharding is None, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def ends_read(self) -> int:

@@ -57,11 +57,17 @@ class RMSNorm(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU (down(silu(gate x) * up x)) or GELU (down(gelu(up x))), no biases."""
+    """SwiGLU (down(silu(gate x) * up x)) or GELU (down(gelu(up x))), no biases.
+
+    `fold_tokens`: multiply (B, T, d) inputs as one (B·T, d) matrix. XLA:CPU computes the
+    weight gradient of a 3-D input through a transposed copy of the hidden activations,
+    which took a fifth of the shakespeare recipe's step (44 -> 35 ms); the 2-D form does
+    not. Turn it off when T is sharded across devices: merging a sharded T into B·T
+    would move data between them."""
 
     def __init__(self, d_model: int, *, kind: str = "swiglu", mlp_ratio: float = 4.0,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        self.kind = kind
+                 dtype=jnp.float32, fold_tokens: bool = True, rngs: nnx.Rngs):
+        self.kind, self.fold_tokens = kind, fold_tokens
         hidden = mlp_hidden(kind, d_model, mlp_ratio)
         linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, rngs=rngs)  # noqa: E731
         self.up = linear(d_model, hidden)
@@ -69,9 +75,12 @@ class MLP(nnx.Module):
         self.down = linear(hidden, d_model)
 
     def __call__(self, x):
+        shape = x.shape
+        if self.fold_tokens:
+            x = x.reshape(-1, shape[-1])
         h = self.up(x)
         h = jax.nn.silu(self.gate(x)) * h if self.kind == "swiglu" else jax.nn.gelu(h)
-        return self.down(h)
+        return self.down(h).reshape(shape)
 
 
 def attention_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs, **overrides) -> EnergyAttention:
@@ -92,7 +101,8 @@ class Block(nnx.Module):
         self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = attention_from_config(cfg, rngs=rngs, **attention_overrides)
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg.d_model, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(cfg.d_model, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=dtype, rngs=rngs,
+                       fold_tokens=attention_overrides.get("sequence_sharding") is None)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x, *, context=None, mask: Mask | None = None, positions=None,

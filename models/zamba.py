@@ -77,7 +77,7 @@ class SharedBlock(nnx.Module):
         self.attn = attention_from_config(wide, rngs=rngs, sequence_sharding=sequence_sharding)
         self.mlp_norm = RMSNorm(wide.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(wide.d_model, kind=cfg.mlp, mlp_ratio=cfg.mlp_ratio, dtype=compute_dtype(cfg),
-                       rngs=rngs)
+                       fold_tokens=sequence_sharding is None, rngs=rngs)
 
     def __call__(self, x, *, mask=None, positions=None, cache: ea.KVCache | None = None):
         h = self.attn(self.attn_norm(x), mask=mask, positions=positions, cache=cache)
