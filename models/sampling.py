@@ -38,6 +38,9 @@ def generate(model, prompt_tokens, max_new_tokens: int, *, rng, temperature: flo
 
     greedy = temperature == 0
     caches = model.init_cache(batch, total)
+    # The prompt and the fresh cache go where the parameters are, as every later step's
+    # token and cache will: otherwise the first step compiles a second program.
+    prompt, caches = _like_parameters(model, (prompt, caches))
     keys = jax.random.split(rng, max_new_tokens)
     temp = jnp.float32(1.0 if greedy else temperature)
     token, caches = _step(model, prompt, caches, keys[0], temp, greedy=greedy, top_k=top_k)
@@ -46,6 +49,15 @@ def generate(model, prompt_tokens, max_new_tokens: int, *, rng, temperature: flo
         token, caches = _step(model, token, caches, keys[i], temp, greedy=greedy, top_k=top_k)
         out.append(token)
     return jnp.concatenate(out, axis=1)
+
+
+def _like_parameters(model, tree):
+    """`tree` replicated over the mesh the model's parameters live on (as it is, if none)."""
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    sharding = getattr(params[0], "sharding", None) if params else None
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
 
 
 def sample_logits(logits, key, temperature, *, greedy: bool, top_k: int | None):

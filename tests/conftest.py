@@ -8,3 +8,4 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("ENERGY_ATTN_COMPILE_CACHE", "off")   # tests compile afresh; test_cli checks the cache

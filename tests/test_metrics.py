@@ -169,3 +169,39 @@ def test_progress_bar_uses_tqdm_on_a_tty():
     bar.close()
     text = out.getvalue()
     assert "10/10" in text and "loss 0.5000" in text and "2,000 tok/s" in text
+
+
+def test_background_start_keeps_every_row_in_order(tmp_path, wandb_env, monkeypatch):
+    """With background=True W&B starts in a thread; rows logged before it is up wait
+    and reach the run in order, and a real offline start works off the main thread."""
+    import threading
+    import wandb
+    gate, logged, real_init = threading.Event(), [], wandb.init
+
+    class SlowRun:
+        id = "slow1"
+        dir = str(tmp_path / "wandb" / "offline-run-x-slow1" / "files")
+        def define_metric(self, *a, **k): pass
+        def log(self, row): logged.append(row)
+        def finish(self): pass
+
+    def slow_init(**kwargs):
+        gate.wait(10)
+        return SlowRun()
+
+    monkeypatch.setattr(wandb, "init", slow_init)
+    log = MetricsLogger(tmp_path, wandb_mode="offline", background=True)
+    log.log(1, {"loss": 2.0})
+    log.log(2, {"loss": 1.5}, split="val")
+    assert logged == []                          # W&B is still starting: rows wait
+    gate.set()
+    log.close()
+    assert logged == [{"step": 1, "train/loss": 2.0}, {"step": 2, "val/loss": 1.5}]
+    assert log.wandb_mode == "offline"
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    monkeypatch.setattr(wandb, "init", real_init)
+
+    with MetricsLogger(tmp_path / "real", wandb_mode="offline", background=True) as real:
+        real.log(1, {"loss": 1.0})
+    assert real.wandb_mode == "offline"
+    assert list((tmp_path / "real" / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -213,10 +213,17 @@ def test_bench_train_recipe_times_the_whole_command(tmp_path):
             node = node.setdefault(part, {})
         node[rest[-1]] = yaml.safe_load(value)
     config.write_text(yaml.safe_dump(cfg))
-    res = bench_recipe(str(config), ["train.steps=6"], log=lambda *_: None)
-    assert res["steps"] == 6 and 0 < res["first_step_s"] < res["wall_s"]
-    assert np.isfinite(res["val_loss"]) and res["median_tokens_per_s"] > 0
-    assert "first step after" in format_recipe(res)
+    versus = f"{sys.executable} -c \"import time; time.sleep(0.2); print('step 6: val loss 2.5000')\""
+    res = bench_recipe(str(config), ["train.steps=6"], versus=versus, rounds=2, log=lambda *_: None)
+    assert len(res["ours"]) == len(res["versus"]) == len(res["ratios"]) == 2
+    ours = res["ours"][0]
+    assert ours["steps"] == 6 and 0 < ours["first_step_s"] < ours["wall_s"]
+    assert np.isfinite(ours["val_loss"]) and ours["median_tokens_per_s"] > 0
+    assert res["versus"][1]["val_loss"] == 2.5 and res["versus"][0]["wall_s"] >= 0.2
+    assert res["ratios"][1] == res["ours"][1]["wall_s"] / res["versus"][1]["wall_s"]
+    text = format_recipe(res)
+    assert "first step after" in text and "last val loss 2.5000" in text
+    assert f"ratio ours / versus: {res['ratio']:.2f} median of 2 round(s)" in text
 
 
 def test_bench_train_pairs_identical_models(tmp_path):

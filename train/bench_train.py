@@ -81,10 +81,34 @@ def bench_train(cfg: Config, *, steps: int = 60, rounds: int = 2,
     return res
 
 
-def bench_recipe(config: str, overrides=(), *, log=lambda m: print(m, file=sys.stderr)) -> dict:
+def bench_recipe(config: str, overrides=(), *, versus: str | None = None, rounds: int = 1,
+                 log=lambda m: print(m, file=sys.stderr)) -> dict:
     """The whole `energy-attn train CONFIG` as a user runs it, in a child process with a fresh
     run directory: wall time of the process, time to the first step, steps/s, final val loss.
-    (nanoGPT's side of the comparison is run by hand: see README, Benchmarks.)"""
+
+    `versus`: a shell command timed against it (nanoGPT's train.py: see README, Benchmarks).
+    The two take turns for `rounds` rounds, the first one alternating, so that a machine that
+    slows down or speeds up meanwhile hits both; each round gives a wall-time ratio.
+    Returns {"ours": [run, ...], "versus": [run, ...], "ratios": [...], "ratio": median}
+    ("versus" and the ratios only with `versus`)."""
+    ours, theirs = [], []
+    for i in range(rounds):
+        turns = ("ours", "versus") if i % 2 == 0 else ("versus", "ours")
+        for who in turns:
+            if who == "ours":
+                ours.append(_time_recipe(config, overrides, log))
+                log(f"round {i + 1}/{rounds}: ours {ours[-1]['wall_s']:.1f} s")
+            elif versus:
+                theirs.append(_time_command(versus, log))
+                log(f"round {i + 1}/{rounds}: versus {theirs[-1]['wall_s']:.1f} s")
+    res = {"ours": ours}
+    if versus:
+        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(ours, theirs)]
+        res.update(versus=theirs, command=versus, ratios=ratios, ratio=statistics.median(ratios))
+    return res
+
+
+def _time_recipe(config: str, overrides, log) -> dict:
     import json
     import re
     import subprocess
@@ -110,11 +134,38 @@ def bench_recipe(config: str, overrides=(), *, log=lambda m: print(m, file=sys.s
             "val_loss": val[-1] if val else None}
 
 
+def _time_command(command: str, log) -> dict:
+    """Wall time of a shell command, and the last "val loss X" it printed (nanoGPT's format)."""
+    import re
+    import subprocess
+    log(f"bench train --versus: {command}")
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"the --versus command failed (exit {proc.returncode}): "
+                           f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    val = re.findall(r"val loss ([\d.]+)", proc.stdout + proc.stderr)
+    return {"wall_s": wall, "val_loss": float(val[-1]) if val else None}
+
+
 def format_recipe(res: dict) -> str:
-    first = f"{res['first_step_s']:.1f} s" if res["first_step_s"] is not None else "?"
-    return (f"whole recipe: {res['wall_s']:.1f} s wall for {res['steps']} steps "
-            f"({res['steps'] / res['wall_s']:.2f} steps/s over the process), first step after {first}, "
-            f"median {res['median_tokens_per_s']:.0f} tokens/s, final val loss {res['val_loss']:.4f}")
+    lines = []
+    for r in res["ours"]:
+        first = f"{r['first_step_s']:.1f} s" if r["first_step_s"] is not None else "?"
+        lines.append(f"whole recipe: {r['wall_s']:.1f} s wall for {r['steps']} steps "
+                     f"({r['steps'] / r['wall_s']:.2f} steps/s over the process), first step after "
+                     f"{first}, median {r['median_tokens_per_s']:.0f} tokens/s, final val loss "
+                     f"{r['val_loss']:.4f}")
+    if "versus" in res:
+        for r in res["versus"]:
+            val = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "not printed"
+            lines.append(f"versus: {r['wall_s']:.1f} s wall, last val loss {val}")
+        rounds = ", ".join(f"{x:.2f}" for x in res["ratios"])
+        status = "PASS" if res["ratio"] <= 0.8 else "FAIL"
+        lines.append(f"wall-time ratio ours / versus: {res['ratio']:.2f} median of {len(res['ratios'])} "
+                     f"round(s) ({rounds})  (target <= 0.8: {status})")
+    return "\n".join(lines)
 
 
 def format_report(res: dict) -> str:

@@ -147,21 +147,29 @@ def _add_bench_train(sub):
     p.add_argument("config", nargs="?", default="configs/shakespeare_char.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--steps", type=positive_int, default=60, help="batches per pass (default 60)")
-    p.add_argument("--rounds", type=positive_int, default=2,
-                   help="passes over those batches; the two models take turns every step (default 2)")
+    p.add_argument("--rounds", type=positive_int, default=None,
+                   help="passes over those batches; the two models take turns every step "
+                        "(default 2). With --recipe: how many times each command runs (default 1)")
     p.add_argument("--recipe", action="store_true",
                    help="instead, time the whole `energy-attn train CONFIG` in a child process: wall "
                         "time, time to the first step, steps/s, final val loss")
+    p.add_argument("--versus", metavar="COMMAND",
+                   help="with --recipe: a shell command to time against it, the two taking turns "
+                        "(e.g. nanoGPT's train.py, see README); prints each round's wall-time "
+                        "ratio and their median")
     p.set_defaults(handler=_bench_train, prog=p.prog)
 
 
 def _bench_train(args):
     cfg = _load_config(args.config, args.overrides)
     from train.bench_train import bench_recipe, bench_train, format_recipe, format_report
+    if args.versus and not args.recipe:
+        raise CLIError("--versus times a whole command against the recipe: add --recipe")
     if args.recipe:
-        print(format_recipe(bench_recipe(args.config, args.overrides)))
+        print(format_recipe(bench_recipe(args.config, args.overrides, versus=args.versus,
+                                         rounds=args.rounds or 1)))
         return 0
-    res = bench_train(cfg, steps=args.steps, rounds=args.rounds)
+    res = bench_train(cfg, steps=args.steps, rounds=args.rounds or 2)
     print(format_report(res))
     return 0
 
@@ -912,6 +920,8 @@ def main(argv=None) -> int:
     except SystemExit as e:          # --help exits through argparse
         return e.code if isinstance(e.code, int) else 0
     restore = None if debug else _quiet()
+    from train.compile_cache import use_compile_cache
+    use_compile_cache()          # before any handler imports JAX
     try:
         return args.handler(args)
     except CLIError as e:

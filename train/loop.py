@@ -266,7 +266,7 @@ def _train(cfg: Config, run_dir: Path, changes: dict, allow_config_change: bool,
         _record(run_dir, start_step, changes, allow_config_change, log)
         dump_yaml(cfg, run_dir / "config.yaml")
     metrics = (MetricsLogger(run_dir, wandb_mode=cfg.logging.wandb, project=cfg.logging.project,
-                             config=to_dict(cfg)) if main_process else _NoMetrics())
+                             config=to_dict(cfg), background=True) if main_process else _NoMetrics())
     n_params = num_params(model)
     log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters, energy "
         f"{cfg.model.attention.energy}, vocab {tokenizer.vocab_size}; {cfg.train.steps} steps; "

@@ -20,6 +20,7 @@ import netrc
 import os
 import secrets
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -109,11 +110,13 @@ class MetricsLogger:
     """Append metrics to <run_dir>/metrics.jsonl and, if possible, to W&B.
 
     wandb_mode: "online" | "offline" | "disabled" | "auto" (see resolve_wandb_mode).
-    After construction, `wandb_mode` is the mode actually in effect."""
+    After construction, `wandb_mode` is the mode actually in effect. With `background`,
+    W&B starts in a thread (the trainer's start-up goes on meanwhile); `wandb_mode` and
+    `run` are final once a row has been sent to W&B or the logger is closed."""
 
     def __init__(self, run_dir: str | Path, *, wandb_mode: str = "auto",
                  project: str = "energy-attn", config: dict | None = None,
-                 run_name: str | None = None):
+                 run_name: str | None = None, background: bool = False):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -125,12 +128,38 @@ class MetricsLogger:
         self.run = None
         self.wandb_mode = "disabled"
         mode = resolve_wandb_mode(wandb_mode)     # a bad mode name is a config error: raise
+        self._starter: threading.Thread | None = None
+        self._waiting: list[dict] = []           # W&B rows logged before its start finished
+        args = (mode, project, config, run_name)
+        if background and mode != "disabled":
+            # W&B's start (its import and service process, ~2-3 s) overlaps the caller's
+            # own start-up; rows logged meanwhile wait in _waiting, in order.
+            self._starter = threading.Thread(target=self._start_or_warn, args=args,
+                                             name="wandb-start", daemon=True)
+            self._starter.start()
+        else:
+            self._start_or_warn(*args)
+
+    def _start_or_warn(self, mode, project, config, run_name) -> None:
         try:
             self._start_wandb(mode, project, config, run_name)
         except Exception as e:   # e.g. wandb_id.txt not writable
             self._finish_wandb()
             _warn(f"wandb setup failed ({_reason(e)}); wandb disabled, "
                   f"metrics go to {self.path} only")
+
+    def _started(self, wait: bool) -> bool:
+        """Whether W&B's start is over (then the rows that waited for it are sent)."""
+        if self._starter is None:
+            return True
+        if self._starter.is_alive() and not wait:
+            return False
+        self._starter.join()
+        self._starter = None
+        waiting, self._waiting = self._waiting, []
+        for row in waiting:
+            self._wandb_log(row)
+        return True
 
     # ---------------------------------------------------------------- wandb
 
@@ -214,10 +243,16 @@ class MetricsLogger:
         # NaN/inf are written as NaN/Infinity: Python's json (and pandas) read them back.
         self._file.write(json.dumps(row, default=str) + "\n")
         self._file.flush()
+        wandb_row = {"step": int(step), **{f"{split}/{k}": _scalar(v) for k, v in metrics.items()}}
+        if not self._started(wait=False):
+            self._waiting.append(wandb_row)
+            return
+        self._wandb_log(wandb_row)
+
+    def _wandb_log(self, row: dict) -> None:
         if self.run is not None:
             try:
-                self.run.log({"step": int(step),
-                              **{f"{split}/{k}": _scalar(v) for k, v in metrics.items()}})
+                self.run.log(row)
             except Exception as e:
                 _warn(f"wandb log failed ({_reason(e)}); wandb disabled for this run")
                 self._finish_wandb()
@@ -231,6 +266,7 @@ class MetricsLogger:
                 _warn(f"wandb finish failed ({_reason(e)})")
 
     def close(self) -> None:
+        self._started(wait=True)
         self._finish_wandb()
         if not self._file.closed:
             self._file.close()
