@@ -438,7 +438,30 @@ class BlockStateTransformer(nnx.Module):
         return logits.astype(jnp.float32)
 
 
-@register_model("bst")
+def bst_config_errors(cfg: ModelConfig, *, seq_len: int, seq_pieces: int = 1) -> list[str]:
+    """model.bst's options, and whether training rows (and their pieces on each device,
+    when sequence-sharded) hold whole blocks."""
+    b = cfg.bst
+    try:
+        check_bst_config(b)
+    except ValueError as e:
+        return [str(e)]
+    errors = []
+    if seq_len % b.block_len:
+        errors.append(f"data.seq_len={seq_len} must be divisible by model.bst.block_len={b.block_len} "
+                      "(training rows are split into whole blocks)")
+    if seq_pieces > 1:    # sequence-sharded BST (models/bst_sharding.py)
+        if b.conv != "chunked":
+            errors.append(f"model.bst.conv={b.conv!r} cannot be sequence-sharded; use "
+                          "model.bst.conv=chunked (the default) with mesh.seq > 1")
+        if (seq_len // seq_pieces) % b.block_len:
+            errors.append(f"data.seq_len={seq_len} over the mesh's sequence axis gives pieces of "
+                          f"{seq_len // seq_pieces} tokens, not a multiple of model.bst.block_len="
+                          f"{b.block_len} (every device must hold whole blocks)")
+    return errors
+
+
+@register_model("bst", config_errors=bst_config_errors)
 def _build_bst(cfg: ModelConfig, *, rngs: nnx.Rngs,
                sequence_sharding: SequenceSharding | None = None) -> BlockStateTransformer:
     return BlockStateTransformer(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

@@ -167,6 +167,7 @@ class EnergyTransformerLM(nnx.Module):
         return logits, TokenCache(tokens=buf, index=cache.index + length)
 
 
-@register_model("energy_transformer")
+@register_model("energy_transformer", checks_energy=True,
+                config_errors=lambda cfg, **shape: et_config_errors(cfg))
 def _build_energy_transformer(cfg: ModelConfig, *, rngs: nnx.Rngs) -> EnergyTransformerLM:
     return EnergyTransformerLM(cfg, rngs=rngs)

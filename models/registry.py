@@ -1,6 +1,6 @@
 """Models by name, so a config can say `model.name: zamba`.
 
-    @register_model("mine")
+    @register_model("mine", config_errors=mine_config_errors)   # checks are optional
     def build_mine(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module: ...
 
     model = build_model(cfg, rngs=nnx.Rngs(0))       # looks up cfg.name
@@ -20,16 +20,37 @@ from flax import nnx
 from .config import ModelConfig
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {}
+# name -> config_errors(cfg, *, seq_len, seq_pieces) -> [message, ...]: the model's own
+# checks of its config section against the training shape (train.config.validate calls it).
+CONFIG_ERRORS: dict[str, Callable[..., list[str]]] = {}
+# Models whose config_errors also check model.attention.energy (the generic check is skipped).
+OWN_ENERGY_CHECK: set[str] = set()
 
 
-def register_model(name: str):
-    """Decorator: register `builder(cfg, *, rngs) -> nnx.Module` under `name`."""
+def register_model(name: str, *, config_errors: Callable[..., list[str]] | None = None,
+                   checks_energy: bool = False):
+    """Decorator: register `builder(cfg, *, rngs) -> nnx.Module` under `name`.
+
+    config_errors(cfg, *, seq_len, seq_pieces) -> list of messages, one per bad option of
+    the model's own config section (seq_len: training rows; seq_pieces: how many pieces
+    each row is cut into across devices, 1 unsharded). checks_energy: it also checks
+    model.attention.energy and its params, instead of the energy registry's check."""
     def add(builder):
         if name in MODELS and MODELS[name] is not builder:
             raise ValueError(f"a model named {name!r} is already registered")
         MODELS[name] = builder
+        if config_errors is not None:
+            CONFIG_ERRORS[name] = config_errors
+        if checks_energy:
+            OWN_ENERGY_CHECK.add(name)
         return builder
     return add
+
+
+def model_config_errors(cfg: ModelConfig, *, seq_len: int, seq_pieces: int = 1) -> list[str]:
+    """The registered model's own messages about `cfg` (none if it registered no check)."""
+    check = CONFIG_ERRORS.get(cfg.name)
+    return [] if check is None else list(check(cfg, seq_len=seq_len, seq_pieces=seq_pieces))
 
 
 def can_shard(name: str) -> bool:

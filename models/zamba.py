@@ -209,7 +209,18 @@ class Zamba(nnx.Module):
         return logits if cache is None else (logits, ZambaCache(mamba=new_mamba, attn=new_attn))
 
 
-@register_model("zamba")
+def zamba_training_errors(cfg: ModelConfig, *, seq_len: int, seq_pieces: int = 1) -> list[str]:
+    """zamba_config_errors, and, when sequence-sharded, whether each device's piece covers
+    the Mamba conv's reach (it borrows that many tokens from the piece before)."""
+    errors = zamba_config_errors(cfg)
+    if seq_pieces > 1 and seq_len // seq_pieces < cfg.ssm.conv_width - 1:
+        errors.append(f"data.seq_len={seq_len} over the mesh's sequence axis gives pieces of "
+                      f"{seq_len // seq_pieces} tokens, shorter than the Mamba conv's reach "
+                      f"model.ssm.conv_width - 1 = {cfg.ssm.conv_width - 1}")
+    return errors
+
+
+@register_model("zamba", config_errors=zamba_training_errors)
 def _build_zamba(cfg: ModelConfig, *, rngs: nnx.Rngs,
                  sequence_sharding: SequenceSharding | None = None) -> Zamba:
     return Zamba(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

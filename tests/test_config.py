@@ -288,6 +288,8 @@ def fake_model_registry(monkeypatch):
     import models
     fake = types.ModuleType("models.registry")
     fake.MODELS = {"transformer": object(), "zamba": object()}
+    fake.OWN_ENERGY_CHECK = set()
+    fake.model_config_errors = lambda cfg, **shape: []
     monkeypatch.setitem(sys.modules, "models.registry", fake)
     monkeypatch.setattr(models, "registry", fake, raising=False)
     return fake

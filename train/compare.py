@@ -73,7 +73,7 @@ def _load_yaml(path: Path) -> dict:
         return {}
 
 
-def _dotted(d: dict, key: str):
+def dotted(d: dict, key: str):
     for part in key.split("."):
         if not isinstance(d, dict) or part not in d:
             return None
@@ -121,7 +121,7 @@ def summarize(run_dir: str | Path) -> dict:
     if not (run_dir / "metrics.jsonl").is_file():
         missing.append("metrics.jsonl")
     final_val = val[-1] if val else {}
-    steps = _dotted(config, "train.steps")
+    steps = dotted(config, "train.steps")
     last_step = max([r.get("step", 0) for r in train + val], default=None)
     if last_step is not None and isinstance(steps, int) and last_step < steps:
         missing.append(f"finished run (stopped at step {last_step} of {steps})")
@@ -134,7 +134,7 @@ def summarize(run_dir: str | Path) -> dict:
     wandb = _load_json(run_dir / "wandb_run.json")
     row = {
         "run": run_dir.name, "path": str(run_dir),
-        "energy": _dotted(config, "model.attention.energy"), "model": _dotted(config, "model.name"),
+        "energy": dotted(config, "model.attention.energy"), "model": dotted(config, "model.name"),
         "params": params, "step": last_step,
         "val_loss": final_val.get("loss"), "bits_per_byte": final_val.get("bits_per_byte"),
         "train_loss": train[-1].get("loss") if train else None,
@@ -192,7 +192,7 @@ def _read_text(path: Path) -> str | None:
 def aggregate(rows: list[dict], by: str | Callable[[dict], object]) -> list[dict]:
     """Mean and sample std of val loss, bits per byte and tokens/s over runs sharing `by`
     (a dotted config key such as model.attention.energy, or a function of the row)."""
-    key = by if callable(by) else (lambda r: _dotted(r["config"], by))
+    key = by if callable(by) else (lambda r: dotted(r["config"], by))
     groups: dict = {}
     for r in rows:
         groups.setdefault(key(r), []).append(r)
@@ -208,7 +208,7 @@ def aggregate(rows: list[dict], by: str | Callable[[dict], object]) -> list[dict
     return sorted(out, key=lambda g: (g["val_loss"] is None, g["val_loss"] or 0.0))
 
 
-def _pm(mean, std, fmt="{:.4f}") -> str:
+def plus_minus(mean, std, fmt="{:.4f}") -> str:
     if mean is None:
         return "—"
     return fmt.format(mean) + (f" ± {fmt.format(std)}" if std is not None else "")
@@ -218,9 +218,9 @@ def groups_markdown(groups: list[dict], by: str = "group") -> str:
     lines = [f"| {by} | runs | val loss | bits per byte | tokens/s |", "|---|---|---|---|---|"]
     for g in groups:
         lines.append(f"| {g['group']} | {g['val_loss_n']}/{g['runs']} | "
-                     f"{_pm(g['val_loss'], g['val_loss_std'])} | "
-                     f"{_pm(g['bits_per_byte'], g['bits_per_byte_std'])} | "
-                     f"{_pm(g['tokens_per_s'], g['tokens_per_s_std'], '{:,.0f}')} |")
+                     f"{plus_minus(g['val_loss'], g['val_loss_std'])} | "
+                     f"{plus_minus(g['bits_per_byte'], g['bits_per_byte_std'])} | "
+                     f"{plus_minus(g['tokens_per_s'], g['tokens_per_s_std'], '{:,.0f}')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -279,7 +279,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def _group_of(rows: list[dict], by: str | None) -> list:
-    return [None if by is None else _dotted(r["config"], by) for r in rows]
+    return [None if by is None else dotted(r["config"], by) for r in rows]
 
 
 def mean_curve(curves: list[list[tuple[int, float]]]):
@@ -351,25 +351,23 @@ def _wandb_html(r: dict) -> str:
 
 
 def report_html(rows: list[dict], groups: list[dict] | None, by: str | None) -> str:
+    from energy_attn.landscape.report import html_page     # the one page writer
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
     body = "".join("<tr>" + "".join(
         f"<td>{html.escape(_cell(r, k))}</td>"
         for k, _ in COLUMNS) + "</tr>\n" for r in rows)
-    parts = ["<!doctype html><meta charset='utf-8'><title>energy-attn compare</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>",
-             f"<h1>Runs compared ({len(rows)})</h1>", f"<table><tr>{head}</tr>\n{body}</table>"]
+    parts = [f"<h1>Runs compared ({len(rows)})</h1>", f"<table><tr>{head}</tr>\n{body}</table>"]
     if groups:
         parts.append(f"<h2>Mean ± std by {html.escape(by or 'group')}</h2><table><tr>"
                      + "".join(f"<th>{t}</th>" for t in (by, "runs", "val loss", "bits per byte",
                                                         "tokens/s")) + "</tr>")
         for g in groups:
             parts.append(f"<tr><td>{html.escape(str(g['group']))}</td><td>{g['val_loss_n']}/{g['runs']}</td>"
-                         f"<td>{_pm(g['val_loss'], g['val_loss_std'])}</td>"
-                         f"<td>{_pm(g['bits_per_byte'], g['bits_per_byte_std'])}</td>"
-                         f"<td>{_pm(g['tokens_per_s'], g['tokens_per_s_std'], '{:,.0f}')}</td></tr>")
+                         f"<td>{plus_minus(g['val_loss'], g['val_loss_std'])}</td>"
+                         f"<td>{plus_minus(g['bits_per_byte'], g['bits_per_byte_std'])}</td>"
+                         f"<td>{plus_minus(g['tokens_per_s'], g['tokens_per_s_std'], '{:,.0f}')}</td></tr>")
         parts.append("</table>")
-    parts.append("<h2>Loss curves</h2><img src='curves.png' style='max-width:100%'>")
+    parts.append("<h2>Loss curves</h2><img src='curves.png' alt='loss curves'>")
     logged = [r for r in rows if r.get("wandb")]
     if logged:
         parts.append("<h2>Weights &amp; Biases</h2><ul>" + "".join(
@@ -379,7 +377,7 @@ def report_html(rows: list[dict], groups: list[dict] | None, by: str | None) -> 
         parts.append("<h2>Missing</h2><ul>" + "".join(
             f"<li>{html.escape(reason)}: {html.escape(_runs_list(runs, len(rows)).replace('`', ''))}</li>"
             for reason, runs in missing.items()) + "</ul>")
-    return "\n".join(parts) + "\n"
+    return html_page("energy-attn compare", parts)
 
 
 def write_report(rows: list[dict], out: str | Path, *, group_by: str | None = None) -> dict:

@@ -5,7 +5,19 @@ with dotted command-line overrides such as `model.num_layers=4`.
 
 `load_config` checks every value against its field's type and every option
 combination (`validate`, MaxText-style: one specific message per problem).
-`dump_yaml` writes the resolved config; `config_reference()` is the key table."""
+`dump_yaml` writes the resolved config; `config_reference()` is the key table. Each
+model's own section (model.ssm, model.bst, model.energy_transformer) is checked by the
+model's module, through the check it registers with its builder (models/registry.py).
+
+Why plain dataclasses and not draccus, pydantic or OmegaConf: the errors users see are
+the point. This loader names the full dotted key with a did-you-mean for unknown keys,
+lists every problem of a config at once (one line each, including rules across sections
+such as data.seq_len vs mesh.seq), and refuses overrides that would change what a run
+directory holds. pydantic reports all field-type errors with their locations, but has no
+did-you-mean ("Extra inputs are not permitted") and the cross-section rules would remain
+validators we write; draccus and OmegaConf stop at the first bad value. Each would add a
+dependency without removing this code.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -553,45 +565,15 @@ def validate(cfg: Config) -> Config:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(m.norm_eps > 0, f"model.norm_eps must be > 0, got {m.norm_eps}")
     need(a.rope_base > 0, f"model.attention.rope_base must be > 0, got {a.rope_base}")
-    if m.name != "energy_transformer":     # the ET checks its own energy options (below)
-        errors.extend(_check_energy(a.energy, a.energy_params))
+    errors.extend(_check_energy(m.name, a.energy, a.energy_params))
     need(m.max_seq_len >= d.seq_len,
          f"model.max_seq_len={m.max_seq_len} is shorter than data.seq_len={d.seq_len}; "
          "the model could not embed the positions of a training sequence")
-
-    if m.name == "bst":   # Block-State Transformer: its own options, checked by the model itself
-        try:
-            from models.bst import check_bst_config
-            check_bst_config(m.bst)
-        except ValueError as e:
-            errors.append(str(e))
-        need(m.bst.block_len < 1 or d.seq_len % m.bst.block_len == 0,
-             f"data.seq_len={d.seq_len} must be divisible by model.bst.block_len={m.bst.block_len} "
-             "(training rows are split into whole blocks)")
-        if cfg.mesh.seq > 1:    # sequence-sharded BST (models/bst_sharding.py)
-            need(m.bst.conv == "chunked",
-                 f"model.bst.conv={m.bst.conv!r} cannot be sequence-sharded; use model.bst.conv=chunked "
-                 "(the default) with mesh.seq > 1")
-            pieces = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" else 1)
-            need(m.bst.block_len < 1 or (d.seq_len // pieces) % m.bst.block_len == 0,
-                 f"data.seq_len={d.seq_len} over mesh.seq={cfg.mesh.seq} ({cfg.mesh.seq_layout}) gives "
-                 f"pieces of {d.seq_len // pieces} tokens, not a multiple of model.bst.block_len="
-                 f"{m.bst.block_len} (every device must hold whole blocks)")
-
-    if m.name == "energy_transformer":   # its descent options, checked by the model itself
-        from models.energy_transformer import et_config_errors
-        errors.extend(et_config_errors(m))
-
-    if m.name == "zamba":  # Mamba hybrid: model.ssm and model.zamba are checked by models/zamba.py
-        from models.zamba import zamba_config_errors
-        errors.extend(zamba_config_errors(m))
-        # Sequence-sharded Mamba (models/mamba_sharding.py): each device's piece must cover
-        # the conv's reach, which it borrows from the piece before.
-        pieces = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" else 1)
-        need(cfg.mesh.seq <= 1 or d.seq_len // pieces >= m.ssm.conv_width - 1,
-             f"data.seq_len={d.seq_len} over mesh.seq={cfg.mesh.seq} ({cfg.mesh.seq_layout}) gives "
-             f"pieces of {d.seq_len // pieces} tokens, shorter than the Mamba conv's reach "
-             f"model.ssm.conv_width - 1 = {m.ssm.conv_width - 1}")
+    # The model's own section (model.ssm, model.bst, ...): checked by the model's module.
+    from models.registry import MODELS, model_config_errors    # late, as in _check_model_name
+    if m.name in MODELS and d.seq_len >= 1 and cfg.mesh.seq >= 1:
+        pieces = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" and cfg.mesh.seq > 1 else 1)
+        errors.extend(model_config_errors(m, seq_len=d.seq_len, seq_pieces=pieces))
 
     # --- data
     errors.append(_one_of("data.source", d.source, DATA_SOURCES))
@@ -684,8 +666,11 @@ def _check_model_name(name: str) -> str | None:
     return f"unknown model.name={name!r}{hint} (registered models: {', '.join(sorted(models))})"
 
 
-def _check_energy(energy: str, params: Mapping[str, Any]) -> list[str]:
+def _check_energy(model: str, energy: str, params: Mapping[str, Any]) -> list[str]:
     import energy_attn
+    from models.registry import OWN_ENERGY_CHECK
+    if model in OWN_ENERGY_CHECK:      # e.g. the Energy Transformer's own energy
+        return []
     names = energy_attn.available_energies()
     if energy not in names:
         close = difflib.get_close_matches(energy, names, n=1)

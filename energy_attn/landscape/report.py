@@ -104,17 +104,25 @@ def report(out_dir, *, model=None, tokenizer=None, step: int | None = None, name
     return dict(index=str(index_path), pictures=[str(out_dir / e[0]) for e in entries], maps=maps)
 
 
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained HTML page: `title`, one stylesheet, then the `body` fragments
+    (already escaped). The one page writer: the pictures' index and `energy-attn
+    compare`'s report.html both use it."""
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
+        "img{max-width:100%;border:1px solid #ccc}figure{margin:2em 0}"
+        "figcaption{color:#333;max-width:60em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>",
+        *body, "</body></html>"]) + "\n"
+
+
 def write_index(out_dir, entries, *, title=None, summary: dict | None = None) -> Path:
     """index.html: a summary table, contents, then each (filename, title, caption) as a
     figure with a relative <img> path."""
     esc = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>energy-attn pictures{' of ' + esc(str(title)) if title else ''}</title>",
-             "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
-             "img{max-width:100%;border:1px solid #ccc}figure{margin:2em 0}"
-             "figcaption{color:#333;max-width:60em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>",
-             f"<h1>energy-attn pictures{': <code>' + esc(str(title)) + '</code>' if title else ''}</h1>"]
+    parts = [f"<h1>energy-attn pictures{': <code>' + esc(str(title)) + '</code>' if title else ''}</h1>"]
     if summary:
         parts.append("<table>" + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>"
                                          for k, v in summary.items()) + "</table>")
@@ -123,7 +131,6 @@ def write_index(out_dir, entries, *, title=None, summary: dict | None = None) ->
     for filename, title_, caption in entries:
         parts.append(f'<figure id="{esc(filename)}"><h2>{esc(title_)}</h2><img src="{esc(filename)}" '
                      f'alt="{esc(title_)}"><figcaption>{esc(caption)}</figcaption></figure>')
-    parts.append("</body></html>")
     path = Path(out_dir) / "index.html"
-    path.write_text("\n".join(parts) + "\n")
+    path.write_text(html_page(f"energy-attn pictures{' of ' + str(title) if title else ''}", parts))
     return path
