@@ -86,7 +86,8 @@ def run_dataset(name: str, args, energies: list[str], out: Path, runs: Path) -> 
     log(f"{name}: report in {out / name / 'report.html'}")
     return {"config": config, "overrides": sets, "runs": len(points), "steps": steps,
             "failed": [p.name for p in points if p.status == "failed"],
-            "seconds": round(time.perf_counter() - t0, 1),
+            "seconds": round(time.perf_counter() - t0, 1),       # this invocation
+            "training_seconds": round(sum(_run_wall(Path(p.run_dir)) for p in points), 1),
             "tokens_per_run": steps * _tokens_per_step(sets), "groups": groups,
             "val_tokens": next((r["val_tokens"] for r in rows if r.get("val_tokens")), None),
             "versus_reference": versus_reference(rows, energies, args.seeds),
@@ -150,6 +151,15 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores{f' ({name})' if name else ''}, {platform.machine()}"
 
 
+def _run_wall(run_dir: Path) -> float:
+    """The trainer's own wall time of a finished run (done.json), 0 if it has none: summed
+    over a corpus it is the training time whichever invocation did the training."""
+    try:
+        return float(json.loads((run_dir / "done.json").read_text()).get("wall_s") or 0.0)
+    except (OSError, ValueError):
+        return 0.0
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -163,12 +173,15 @@ def _tokens_per_step(sets: list[str]) -> int:
 def markdown(res: dict) -> str:
     lines = [f"# Energy zoo ({'quick' if res['quick'] else 'full'} run)", "",
              f"Command: `{res['command']}`  ",
-             f"Time: {res['runtime_s'] / 60:.1f} min on {res['machine']}; jax {res['versions']['jax']}", ""]
+             f"This invocation: {res['runtime_s'] / 60:.1f} min on {res['machine']}, jax "
+             f"{res['versions']['jax']} (runs already finished in --runs are read, not retrained; each "
+             "corpus's heading gives its training time)", ""]
     for name, d in res["datasets"].items():
         val_tokens = f"{d['val_tokens']:,}" if d.get("val_tokens") else "?"
         scope = "2 validation batches (quick run)" if res["quick"] else "the whole validation split"
         lines += [f"## {name} ({d['config']}; {d['runs']} runs of {d['steps']} steps, "
-                  f"{d['tokens_per_run']:,} training tokens each, {d['seconds'] / 60:.1f} min)", "",
+                  f"{d['tokens_per_run']:,} training tokens each; {d['training_seconds'] / 60:.1f} min of "
+                  "training, summed over the runs)", "",
                   f"Val loss: the final checkpoint on {scope} ({val_tokens} "
                   "tokens); mean ± sample std over seeds. Δ: the paired difference from "
                   f"{REFERENCE} over seeds (same seed = same initialisation and batches), p: its "
