@@ -76,7 +76,6 @@ def run_dataset(name: str, args, energies: list[str], out: Path, runs: Path) -> 
     rows = [cmp.summarize(p.run_dir) for p in points]
     for row, p in zip(rows, points):
         whole = whole_split_eval(Path(p.run_dir), quick=args.quick)
-        row["val_loss_20"] = row["val_loss"]           # the trainer's own eval (first batches)
         row["val_loss"] = whole["loss"] if whole else None
         row["bits_per_byte"] = whole.get("bits_per_byte") if whole else None
         row["val_tokens"] = whole["tokens"] if whole else None
