@@ -41,10 +41,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from .bst import BlockStateTransformer
-from .config import BSTConfig, ModelConfig, SSMConfig, ZambaConfig
-from .mamba import Mamba1, Mamba2
+from .bst import BlockStateTransformer, BSTConfig, BSTLayerConfig
+from .config import ModelConfig
+from .mamba import Mamba1, Mamba2, SSMConfig
 from .registry import MODELS, build_model
+from .zamba import SharedBlockConfig, ZambaConfig
 
 ZOO = ("transformer", "zamba", "bst")
 LENGTHS = (1024, 2048, 4096, 8192, 16384)
@@ -67,8 +68,8 @@ def zoo_config(name: str, seq_len: int, *, d_model: int = 128, num_layers: int =
     """The benchmark's shape of each zoo model (see the module docstring)."""
     common = dict(name=name, vocab_size=256, max_seq_len=seq_len, num_heads=num_heads)
     if name == "bst":
-        return ModelConfig(d_model=d_model, num_layers=max(1, num_layers - 1), **common,
-                           bst=BSTConfig(variant=variant, block_len=block_len))
+        return BSTConfig(d_model=d_model, num_layers=max(1, num_layers - 1), **common,
+                         bst=BSTLayerConfig(variant=variant, block_len=block_len))
     if name == "zamba":
         # Narrower and deeper than the transformer, as Zamba is: the shared block is
         # 2·width wide, and the Mamba layers take the rest of the parameter budget.
@@ -77,9 +78,9 @@ def zoo_config(name: str, seq_len: int, *, d_model: int = 128, num_layers: int =
         if inner % num_heads:
             raise ValueError(f"--heads={num_heads} must divide the hybrid's shared-block width {inner} "
                              f"(2 x 5/8 of --d-model={d_model})")
-        return ModelConfig(d_model=width, num_layers=2 * num_layers, **common,
+        return ZambaConfig(d_model=width, num_layers=2 * num_layers, **common,
                            ssm=SSMConfig(kind="mamba2", head_dim=_largest_divisor_at_most(inner, 32)),
-                           zamba=ZambaConfig(shared_every=2 * num_layers))
+                           zamba=SharedBlockConfig(shared_every=2 * num_layers))
     return ModelConfig(d_model=d_model, num_layers=num_layers, **common)
 
 
@@ -301,8 +302,8 @@ def bst_decode(max_lens=(1024, 4096), variants=("mh", "sh"), d_model: int = 128,
     """
     rows = []
     for variant in variants:
-        cfg = ModelConfig(name="bst", vocab_size=256, max_seq_len=max(max_lens), d_model=d_model,
-                          num_layers=num_layers, num_heads=4, bst=BSTConfig(variant=variant, block_len=64))
+        cfg = BSTConfig(vocab_size=256, max_seq_len=max(max_lens), d_model=d_model,
+                        num_layers=num_layers, num_heads=4, bst=BSTLayerConfig(variant=variant, block_len=64))
         graphdef, state = nnx.split(BlockStateTransformer(cfg, rngs=nnx.Rngs(0)))
 
         @jax.jit

@@ -4,8 +4,8 @@ transformer sublayer splits the sequence into blocks of W tokens that attend
 causally within the block and cross-attend to the context states. All blocks
 run in parallel: there is no recurrence between blocks.
 
-    cfg = ModelConfig(name="bst", d_model=128, num_layers=4, num_heads=4,
-                      bst=BSTConfig(variant="mh", block_len=64))
+    cfg = BSTConfig(d_model=128, num_layers=4, num_heads=4,
+                    bst=BSTLayerConfig(variant="mh", block_len=64))
     model = build_model(cfg, rngs=nnx.Rngs(0))
     logits = model(tokens)                         # (B, T) int -> (B, T, vocab) fp32, any T
     cache = model.init_cache(batch, max_len)       # recurrent: its size does not depend on max_len
@@ -78,7 +78,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +90,7 @@ from energy_attn.sequence_sharding import SequenceSharding, active
 
 from . import bst_sharding
 from .lm_inputs import check_cache_length, check_lm_inputs
-from .config import BSTConfig, ModelConfig
+from .config import ModelConfig, one_of
 from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
 from .registry import register_model
 from .s4d import chunked_ssm_outputs, fft_causal_conv, ssm_block_ends
@@ -100,38 +101,81 @@ CONVS = ("chunked", "fft")
 FULL_CHUNK = 64          # chunk length when the SSM output is wanted at every position
 
 
-def check_bst_config(b: BSTConfig) -> None:
-    """One ValueError naming the first bad `model.bst.*` option."""
-    if b.variant not in VARIANTS:
-        raise ValueError(f"model.bst.variant={b.variant!r} is not one of {', '.join(map(repr, VARIANTS))} "
-                         "(single-head, multi-head, multi-filter)")
-    if b.conv not in CONVS:
-        raise ValueError(f"model.bst.conv={b.conv!r} is not one of {', '.join(map(repr, CONVS))} "
-                         "(the SSM convolution: chunked recurrence or FFT)")
-    for key in ("block_len", "num_context_states", "num_filters", "bst_every", "state_dim"):
-        if getattr(b, key) < 1:
-            raise ValueError(f"model.bst.{key} must be >= 1, got {getattr(b, key)}")
-    if b.state_dim % 2:
-        raise ValueError(f"model.bst.state_dim={b.state_dim} must be even (S4D keeps N/2 complex "
-                         "modes and their conjugates)")
-    if not 0 < b.dt_min <= b.dt_max:
-        raise ValueError(f"model.bst.dt_min={b.dt_min} and dt_max={b.dt_max} must satisfy "
-                         "0 < dt_min <= dt_max")
-    if b.variant == "mf":
-        if b.num_context_states % b.num_filters:
-            raise ValueError(f"model.bst.num_context_states={b.num_context_states} must be divisible by "
-                             f"model.bst.num_filters={b.num_filters} (each filter gives S/F states)")
-        if b.num_context_states // b.num_filters > b.block_len:
-            raise ValueError(f"model.bst.num_context_states/num_filters = "
-                             f"{b.num_context_states // b.num_filters} exceeds model.bst.block_len="
-                             f"{b.block_len}: a filter can only give the outputs of one block")
+@dataclass
+class BSTLayerConfig:
+    """The BST layers: `model.bst` in a config."""
+    variant: str = "mh"                     # "sh" single-head, "mh" multi-head, "mf" multi-filter
+    block_len: int = 64                     # W: tokens per attention block
+    state_dim: int = 16                     # N: S4D state size per channel (N/2 complex modes; even)
+    num_context_states: int = 4             # S: states each block cross-attends to (mh, mf; sh uses W)
+    num_filters: int = 2                    # mf only: SSM filters, each gives the last S/num_filters outputs
+    bst_every: int = 1                      # every k-th layer is a BST layer; the rest attend in-block only
+    dt_min: float = 1e-3                    # S4D step size Δ, log-uniform in [dt_min, dt_max] at init
+    dt_max: float = 1e-1                    # upper end of the Δ initialisation range
+    conv: str = "chunked"                   # SSM convolution: "chunked" (the recurrence, one block at a
+                                            # time, linear in T) or "fft" (the paper's, O(T log T));
+                                            # both give the same result
+
+    def errors(self) -> list[str]:
+        """One message per invalid option (and per bad combination)."""
+        errors = [one_of("model.bst.variant", self.variant, VARIANTS),
+                  one_of("model.bst.conv", self.conv, CONVS)]
+        for key in ("block_len", "num_context_states", "num_filters", "bst_every", "state_dim"):
+            if getattr(self, key) < 1:
+                errors.append(f"model.bst.{key} must be >= 1, got {getattr(self, key)}")
+        if self.state_dim % 2:
+            errors.append(f"model.bst.state_dim={self.state_dim} must be even (S4D keeps N/2 complex "
+                          "modes and their conjugates)")
+        if not 0 < self.dt_min <= self.dt_max:
+            errors.append(f"model.bst.dt_min={self.dt_min} and dt_max={self.dt_max} must satisfy "
+                          "0 < dt_min <= dt_max")
+        if self.variant == "mf" and self.num_filters >= 1 and self.num_context_states >= 1:
+            if self.num_context_states % self.num_filters:
+                errors.append(f"model.bst.num_context_states={self.num_context_states} must be divisible by "
+                              f"model.bst.num_filters={self.num_filters} (each filter gives S/F states)")
+            elif self.num_context_states // self.num_filters > self.block_len:
+                errors.append(f"model.bst.num_context_states/num_filters = "
+                              f"{self.num_context_states // self.num_filters} exceeds model.bst.block_len="
+                              f"{self.block_len}: a filter can only give the outputs of one block")
+        return [e for e in errors if e]
 
 
-def num_filters(b: BSTConfig) -> int:
+@dataclass
+class BSTConfig(ModelConfig):
+    """The Block-State Transformer: the shared fields and its layers' own section."""
+    name: str = "bst"
+    bst: BSTLayerConfig = field(default_factory=BSTLayerConfig)
+
+    own_sections: ClassVar[tuple[str, ...]] = ("bst",)
+
+    def errors(self, *, seq_len: int | None = None, seq_pieces: int = 1) -> list[str]:
+        """The shared checks, model.bst, and whether training rows (and their pieces on each
+        device, when sequence-sharded) hold whole blocks."""
+        errors = super().errors(seq_len=seq_len, seq_pieces=seq_pieces)
+        own = self.bst.errors()
+        errors += own
+        b = self.bst
+        if own or seq_len is None:
+            return errors
+        if seq_len % b.block_len:
+            errors.append(f"data.seq_len={seq_len} must be divisible by model.bst.block_len={b.block_len} "
+                          "(training rows are split into whole blocks)")
+        if seq_pieces > 1:    # sequence-sharded BST (models/bst_sharding.py)
+            if b.conv != "chunked":
+                errors.append(f"model.bst.conv={b.conv!r} cannot be sequence-sharded; use "
+                              "model.bst.conv=chunked (the default) with mesh.seq > 1")
+            if (seq_len // seq_pieces) % b.block_len:
+                errors.append(f"data.seq_len={seq_len} over the mesh's sequence axis gives pieces of "
+                              f"{seq_len // seq_pieces} tokens, not a multiple of model.bst.block_len="
+                              f"{b.block_len} (every device must hold whole blocks)")
+        return errors
+
+
+def num_filters(b: BSTLayerConfig) -> int:
     return {"sh": 1, "mh": b.num_context_states, "mf": b.num_filters}[b.variant]
 
 
-def num_states(b: BSTConfig) -> int:
+def num_states(b: BSTLayerConfig) -> int:
     return b.block_len if b.variant == "sh" else b.num_context_states
 
 
@@ -229,7 +273,7 @@ class BSTLayer(nnx.Module):
     """One layer: SSM context states + block transformer (or, with `with_ssm=False`,
     the block transformer alone)."""
 
-    def __init__(self, cfg: ModelConfig, *, with_ssm: bool, rngs: nnx.Rngs,
+    def __init__(self, cfg: BSTConfig, *, with_ssm: bool, rngs: nnx.Rngs,
                  sequence_sharding: SequenceSharding | None = None):
         b, d = cfg.bst, cfg.d_model
         self.block_len, self.variant, self.with_ssm = b.block_len, b.variant, with_ssm
@@ -372,8 +416,10 @@ class BSTCache:
 
 
 class BlockStateTransformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
-        check_bst_config(cfg.bst)
+    def __init__(self, cfg: BSTConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
+        errors = cfg.bst.errors()
+        if errors:
+            raise ValueError("; ".join(errors))
         dtype = compute_dtype(cfg)
         self.vocab_size, self.max_seq_len = cfg.vocab_size, cfg.max_seq_len
         self.block_len, self.segment_mask = cfg.bst.block_len, cfg.attention.segment_mask
@@ -438,30 +484,7 @@ class BlockStateTransformer(nnx.Module):
         return logits.astype(jnp.float32)
 
 
-def bst_config_errors(cfg: ModelConfig, *, seq_len: int, seq_pieces: int = 1) -> list[str]:
-    """model.bst's options, and whether training rows (and their pieces on each device,
-    when sequence-sharded) hold whole blocks."""
-    b = cfg.bst
-    try:
-        check_bst_config(b)
-    except ValueError as e:
-        return [str(e)]
-    errors = []
-    if seq_len % b.block_len:
-        errors.append(f"data.seq_len={seq_len} must be divisible by model.bst.block_len={b.block_len} "
-                      "(training rows are split into whole blocks)")
-    if seq_pieces > 1:    # sequence-sharded BST (models/bst_sharding.py)
-        if b.conv != "chunked":
-            errors.append(f"model.bst.conv={b.conv!r} cannot be sequence-sharded; use "
-                          "model.bst.conv=chunked (the default) with mesh.seq > 1")
-        if (seq_len // seq_pieces) % b.block_len:
-            errors.append(f"data.seq_len={seq_len} over the mesh's sequence axis gives pieces of "
-                          f"{seq_len // seq_pieces} tokens, not a multiple of model.bst.block_len="
-                          f"{b.block_len} (every device must hold whole blocks)")
-    return errors
-
-
-@register_model("bst", config_errors=bst_config_errors)
-def _build_bst(cfg: ModelConfig, *, rngs: nnx.Rngs,
+@register_model("bst", config=BSTConfig)
+def _build_bst(cfg: BSTConfig, *, rngs: nnx.Rngs,
                sequence_sharding: SequenceSharding | None = None) -> BlockStateTransformer:
     return BlockStateTransformer(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

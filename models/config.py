@@ -1,69 +1,46 @@
-"""Typed model configuration. Models read these; they know nothing of training."""
+"""Typed model configuration. Models read these; they know nothing of training.
+
+`ModelConfig` is the transformer's config and holds what every model of the zoo shares
+(vocabulary, width, depth, heads, MLP, attention). Each other model subclasses it in its
+own module and adds its own section, so a config object only has the knobs its model reads:
+
+    ModelConfig                  models/config.py              (transformer)
+    ZambaConfig(ModelConfig)     models/zamba.py               + ssm, zamba
+    BSTConfig(ModelConfig)       models/bst.py                 + bst
+    EnergyTransformerConfig      models/energy_transformer.py  + energy_transformer
+
+A config checks itself: `cfg.errors(seq_len=..., seq_pieces=...)` lists one message per
+bad option or combination (a subclass adds its own to its parent's). The registry maps
+`name` to the model's builder and config class (models/registry.py).
+"""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
 class AttentionConfig:
     energy: str = "softmax"                 # any registered energy name
-    energy_params: dict[str, Any] = field(default_factory=dict)   # e.g. {beta: 0.5} or {alpha: 1.5}
+    energy_params: dict[str, Any] = field(default_factory=dict)   # keyword arguments of the energy,
+                                            # e.g. {beta: 0.5} (softmax) or {alpha: 1.5} (entmax)
     num_kv_heads: int | None = None         # grouped-query attention (default: num_heads)
     rope: bool = True                       # rotary position embeddings on q and k (self-attention)
     rope_base: float = 10000.0              # RoPE frequency base (longer contexts: larger)
     segment_mask: bool = True               # packed documents do not attend across boundaries
 
 
-@dataclass
-class SSMConfig:
-    """Mamba layers (the Zamba-like hybrid's backbone). Owned by models/mamba.py."""
-    kind: str = "mamba1"                    # "mamba1" (selective scan) or "mamba2" (SSD, chunked)
-    state_dim: int = 16                     # N: SSM state size per channel
-    expand: int = 2                         # D_inner = expand * d_model
-    conv_width: int = 4                     # depthwise causal conv kernel
-    chunk_size: int = 64                    # scan chunk length (memory vs parallelism)
-    head_dim: int = 32                      # mamba2 only: P, channels per SSD head (must divide D_inner)
-    remat: bool = True                      # recompute the mixer's activations in the backward pass (as
-                                            # Mamba's own kernels do): a layer keeps its input, not ~20
-                                            # D_inner-wide tensors; costs about one more forward
-
-
-@dataclass
-class ZambaConfig:
-    """The hybrid's shared attention block(s). Owned by models/zamba.py."""
-    shared_every: int = 2                   # apply the shared block before every k-th Mamba layer
-    num_shared_blocks: int = 1              # 1, or 2 alternating ABAB (Zamba2)
-    lora_rank: int = 0                      # per-application LoRA on the shared q/k/v/MLP inputs; 0 = off
-
-
-@dataclass
-class BSTConfig:
-    """Block-State Transformer. Owned by models/bst.py."""
-    variant: str = "mh"                     # "sh" single-head, "mh" multi-head, "mf" multi-filter
-    block_len: int = 64                     # W: tokens per attention block
-    state_dim: int = 16                     # N: S4D state size per channel (N/2 complex modes; even)
-    num_context_states: int = 4             # S: states each block cross-attends to (mh, mf; sh uses W)
-    num_filters: int = 2                    # mf only: SSM filters, each gives the last S/num_filters outputs
-    bst_every: int = 1                      # every k-th layer is a BST layer; the rest attend in-block only
-    dt_min: float = 1e-3                    # S4D step size Δ, log-uniform in [dt_min, dt_max] at init
-    dt_max: float = 1e-1                    # upper end of the Δ initialisation range
-    conv: str = "chunked"                   # SSM convolution: "chunked" (the recurrence one block at a
-                                            # time, linear in T) or "fft" (the paper's, O(T log T)); same result
-
-
-@dataclass
-class EnergyTransformerConfig:
-    """The Energy Transformer's descent. Owned by models/energy_transformer.py."""
-    steps: int = 12                         # descent steps x <- x - alpha dE/dg of the one weight-tied block
-    alpha: float = 0.1                      # step size of the descent (Hoover et al.: 0.1)
-    num_memories: int = 0                   # Hopfield memories xi (they replace the MLP); 0: mlp_ratio * d_model
+MLPS = ("swiglu", "gelu")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "transformer"               # key in models.registry
+    """The transformer's config, and the fields every model shares."""
+    name: str = "transformer"               # key in models.registry; picks the config class too
     vocab_size: int = 256                   # set from the tokenizer by the trainer
     max_seq_len: int = 128                  # longest sequence (RoPE positions, KV cache size)
     d_model: int = 128                      # width of the residual stream
@@ -76,10 +53,80 @@ class ModelConfig:
     norm_eps: float = 1e-6                  # epsilon of RMSNorm
     compute_dtype: str = "float32"          # "float32" or "bfloat16"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
-    ssm: SSMConfig = field(default_factory=SSMConfig)          # zamba
-    zamba: ZambaConfig = field(default_factory=ZambaConfig)    # zamba
-    bst: BSTConfig = field(default_factory=BSTConfig)          # bst
-    energy_transformer: EnergyTransformerConfig = field(default_factory=EnergyTransformerConfig)
+
+    # The sections this class adds to its parent's fields (documented per model).
+    own_sections: ClassVar[tuple[str, ...]] = ()
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    def errors(self, *, seq_len: int | None = None, seq_pieces: int = 1) -> list[str]:
+        """One message per invalid option; `seq_len` (training rows, when known and valid)
+        and `seq_pieces` (pieces per row across devices, 1 unsharded) let a model check
+        that training shapes fit it. Subclasses extend this list."""
+        a, errors = self.attention, []
+
+        def need(ok: bool, msg: str):
+            if not ok:
+                errors.append(msg)
+
+        for key in ("vocab_size", "max_seq_len", "d_model", "num_layers", "num_heads"):
+            value = getattr(self, key)
+            need(value >= 1, f"model.{key} must be >= 1, got {value}")
+        if self.num_heads >= 1 and self.d_model >= 1:
+            need(self.d_model % self.num_heads == 0,
+                 f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads} "
+                 "(each head gets d_model // num_heads features)")
+            head_dim = self.d_model // self.num_heads
+            need(not (a.rope and self.d_model % self.num_heads == 0 and head_dim % 2),
+                 f"RoPE rotates pairs of features, so the head dim d_model/num_heads = {head_dim} "
+                 "must be even (change model.d_model/model.num_heads or set model.attention.rope=false)")
+        if a.num_kv_heads is not None:
+            need(a.num_kv_heads >= 1, f"model.attention.num_kv_heads must be >= 1, got {a.num_kv_heads}")
+            if a.num_kv_heads >= 1 and self.num_heads >= 1:
+                need(self.num_heads % a.num_kv_heads == 0,
+                     f"model.num_heads={self.num_heads} is not divisible by model.attention.num_kv_heads="
+                     f"{a.num_kv_heads} (grouped-query attention shares each K/V head across a whole "
+                     "group of query heads)")
+        errors.append(one_of("model.mlp", self.mlp, MLPS))
+        errors.append(one_of("model.compute_dtype", self.compute_dtype, COMPUTE_DTYPES))
+        need(self.mlp_ratio > 0, f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        need(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        need(self.norm_eps > 0, f"model.norm_eps must be > 0, got {self.norm_eps}")
+        need(a.rope_base > 0, f"model.attention.rope_base must be > 0, got {a.rope_base}")
+        errors.extend(self.energy_errors())
+        if seq_len is not None:
+            need(self.max_seq_len >= seq_len,
+                 f"model.max_seq_len={self.max_seq_len} is shorter than data.seq_len={seq_len}; "
+                 "the model could not embed the positions of a training sequence")
+        return [e for e in errors if e]
+
+    def energy_errors(self) -> list[str]:
+        """model.attention.energy is registered and energy_params are its keyword arguments
+        (caught here, not inside jit). A model with its own energy overrides this."""
+        import energy_attn    # late: loads JAX, which reading a config does not need
+        a = self.attention
+        names = energy_attn.available_energies()
+        if a.energy not in names:
+            close = difflib.get_close_matches(a.energy, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return [f"unknown energy model.attention.energy={a.energy!r}{hint} (registered: "
+                    f"{', '.join(names)}; register your own with energy_attn.register_energy)"]
+        try:
+            sig = inspect.signature(energy_attn.get_energy(a.energy))
+        except (TypeError, ValueError):
+            return []
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return []
+        accepted = [n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and n != "mask"]
+        return [f"model.attention.energy_params.{k}: energy {a.energy!r} has no parameter {k!r} "
+                f"(its parameters: {', '.join(accepted) or 'none'})" for k in a.energy_params if k not in accepted]
+
+
+def one_of(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> str | None:
+    """None if `value` is allowed, else a message with a did-you-mean."""
+    if value in allowed:
+        return None
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{key}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}"

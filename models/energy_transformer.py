@@ -1,18 +1,18 @@
 """Energy Transformer LM (Hoover et al. 2023): embed -> ONE weight-tied causal ET block
 run for `steps` steps of energy descent -> RMSNorm -> LM head.
 
-    cfg = ModelConfig(name="energy_transformer", d_model=64, num_heads=4,
-                      attention=AttentionConfig(energy="energy_transformer"),
-                      energy_transformer=EnergyTransformerConfig(steps=6, alpha=0.1))
+    cfg = EnergyTransformerConfig(d_model=64, num_heads=4,
+                                  attention=AttentionConfig(energy="energy_transformer"),
+                                  energy_transformer=DescentConfig(steps=6, alpha=0.1))
     model = build_model(cfg, rngs=nnx.Rngs(0))
     logits = model(tokens)                                   # (B, T) int -> (B, T, vocab) fp32
     cache = model.init_cache(batch, max_len)
     logits, cache = model(prompt, cache=cache)               # then one token at a time
 
-What it reads from ModelConfig: vocab_size, max_seq_len (learned positions),
+What it reads from its EnergyTransformerConfig: vocab_size, max_seq_len (learned positions),
 d_model, num_heads (head dim d_model // num_heads), mlp_ratio (default memory
 count), tie_embeddings, norm_eps, attention.segment_mask, and its own section
-`model.energy_transformer` (EnergyTransformerConfig):
+`model.energy_transformer` (DescentConfig):
     steps        (12)                        descent steps of the shared block
     alpha        (0.1)                       step size of x ← x − α ∂E/∂g
     num_memories (0: mlp_ratio · d_model)    Hopfield memories ξ (the MLP width they replace)
@@ -37,7 +37,8 @@ keep every step's keys, (steps, B, T, H, Y). Not done here.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -56,28 +57,47 @@ Array = Any
 ENERGY_PARAM_KEYS = ("beta",)          # of the attention energy; the descent's own knobs: model.energy_transformer
 
 
-def et_config_errors(cfg: ModelConfig) -> list[str]:
-    """One message per invalid model.energy_transformer / attention option (train.config.validate
-    and the model's constructor use it)."""
-    a, e, errors = cfg.attention, cfg.energy_transformer, []
-    if a.energy not in ("energy_transformer", "softmax"):
-        errors.append(f"model.attention.energy={a.energy!r}: the Energy Transformer defines its own "
-                      "attention energy; set model.attention.energy=energy_transformer")
-    for key in sorted(set(a.energy_params or {}) - set(ENERGY_PARAM_KEYS)):
-        hint = (f"; the descent's options are model.energy_transformer.{key} now"
-                if key in ("steps", "alpha", "num_memories") else "")
-        errors.append(f"model.attention.energy_params.{key}: the Energy Transformer's attention energy "
-                      f"takes only {', '.join(ENERGY_PARAM_KEYS)}{hint}")
-    if e.steps < 0:
-        errors.append(f"model.energy_transformer.steps must be >= 0, got {e.steps}")
-    if not e.alpha > 0:
-        errors.append(f"model.energy_transformer.alpha (the step size) must be > 0, got {e.alpha}")
-    if e.num_memories < 0:
-        errors.append(f"model.energy_transformer.num_memories must be >= 0 (0: mlp_ratio * d_model), "
-                      f"got {e.num_memories}")
-    if cfg.d_model % cfg.num_heads:
-        errors.append(f"model.d_model={cfg.d_model} is not divisible by model.num_heads={cfg.num_heads}")
-    return errors
+@dataclass
+class DescentConfig:
+    """The Energy Transformer's descent: `model.energy_transformer` in a config."""
+    steps: int = 12                         # descent steps x <- x - alpha dE/dg of the one weight-tied block
+    alpha: float = 0.1                      # step size of the descent (Hoover et al.: 0.1)
+    num_memories: int = 0                   # Hopfield memories xi (they replace the MLP); 0: mlp_ratio * d_model
+
+
+@dataclass
+class EnergyTransformerConfig(ModelConfig):
+    """The Energy Transformer LM: the shared fields (see the module docstring for those
+    it ignores) and its descent. It defines its own attention energy."""
+    name: str = "energy_transformer"
+    energy_transformer: DescentConfig = field(default_factory=DescentConfig)
+
+    own_sections: ClassVar[tuple[str, ...]] = ("energy_transformer",)
+
+    def errors(self, *, seq_len: int | None = None, seq_pieces: int = 1) -> list[str]:
+        errors = super().errors(seq_len=seq_len, seq_pieces=seq_pieces)
+        e = self.energy_transformer
+        if e.steps < 0:
+            errors.append(f"model.energy_transformer.steps must be >= 0, got {e.steps}")
+        if not e.alpha > 0:
+            errors.append(f"model.energy_transformer.alpha (the step size) must be > 0, got {e.alpha}")
+        if e.num_memories < 0:
+            errors.append(f"model.energy_transformer.num_memories must be >= 0 (0: mlp_ratio * d_model), "
+                          f"got {e.num_memories}")
+        return errors
+
+    def energy_errors(self) -> list[str]:
+        """Its attention energy is its own: only `beta` may be set."""
+        a, errors = self.attention, []
+        if a.energy not in ("energy_transformer", "softmax"):
+            errors.append(f"model.attention.energy={a.energy!r}: the Energy Transformer defines its own "
+                          "attention energy; set model.attention.energy=energy_transformer")
+        for key in sorted(set(a.energy_params or {}) - set(ENERGY_PARAM_KEYS)):
+            hint = (f"; the descent's options are model.energy_transformer.{key} now"
+                    if key in ("steps", "alpha", "num_memories") else "")
+            errors.append(f"model.attention.energy_params.{key}: the Energy Transformer's attention energy "
+                          f"takes only {', '.join(ENERGY_PARAM_KEYS)}{hint}")
+        return errors
 
 
 @jax.tree_util.register_dataclass
@@ -93,12 +113,9 @@ class TokenCache:
 
 
 class EnergyTransformerLM(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: EnergyTransformerConfig, *, rngs: nnx.Rngs):
         a = cfg.attention
-        if a.energy not in ("energy_transformer", "softmax"):
-            raise ValueError(f"model.attention.energy={a.energy!r}: the Energy Transformer defines "
-                             "its own attention energy; set model.attention.energy=energy_transformer")
-        errors = et_config_errors(cfg)
+        errors = cfg.errors()
         if errors:
             raise ValueError("; ".join(errors))
         e = cfg.energy_transformer
@@ -167,7 +184,6 @@ class EnergyTransformerLM(nnx.Module):
         return logits, TokenCache(tokens=buf, index=cache.index + length)
 
 
-@register_model("energy_transformer", checks_energy=True,
-                config_errors=lambda cfg, **shape: et_config_errors(cfg))
-def _build_energy_transformer(cfg: ModelConfig, *, rngs: nnx.Rngs) -> EnergyTransformerLM:
+@register_model("energy_transformer", config=EnergyTransformerConfig)
+def _build_energy_transformer(cfg: EnergyTransformerConfig, *, rngs: nnx.Rngs) -> EnergyTransformerLM:
     return EnergyTransformerLM(cfg, rngs=rngs)

@@ -8,7 +8,8 @@ Mamba-2 (SSD, chunked): the mixers and the residual block.
     y, cache = mixer(prompt, cache=cache)                   # prefill (chunked scan from the cached state)
     y, cache = mixer(next_token, cache=cache)               # one recurrent step
 
-    block = MambaBlock(cfg, rngs=nnx.Rngs(0))               # x + mixer(norm(x)), kind from cfg.ssm.kind
+    block = MambaBlock(cfg, rngs=nnx.Rngs(0))               # x + mixer(norm(x)); cfg: a ZambaConfig
+                                                            # (mixer from cfg.ssm, an SSMConfig)
 
 The scans (Mamba-1's selective scan, Mamba-2's SSD, one-token steps) and the causal
 conv are pure functions in models/ssm_scan.py, all in float32 whatever the compute
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -38,7 +40,7 @@ from flax import nnx
 from energy_attn.sequence_sharding import SequenceSharding, active
 
 from . import mamba_sharding
-from .config import ModelConfig
+from .config import ModelConfig, one_of
 from .layers import RMSNorm, compute_dtype
 from .remat import recompute_in_backward
 from .ssm_scan import (causal_conv, segment_starts, selective_scan, selective_step, ssd_scan,
@@ -46,6 +48,31 @@ from .ssm_scan import (causal_conv, segment_starts, selective_scan, selective_st
 
 Array = Any
 SSM_KINDS = ("mamba1", "mamba2")
+
+
+@dataclass
+class SSMConfig:
+    """Mamba layers (the Zamba-like hybrid's backbone): `model.ssm` in a config."""
+    kind: str = "mamba1"                    # "mamba1" (selective scan) or "mamba2" (SSD, chunked)
+    state_dim: int = 16                     # N: SSM state size per channel
+    expand: int = 2                         # D_inner = expand * d_model
+    conv_width: int = 4                     # depthwise causal conv kernel
+    chunk_size: int = 64                    # scan chunk length (memory vs parallelism)
+    head_dim: int = 32                      # mamba2 only: P, channels per SSD head (must divide D_inner)
+    remat: bool = True                      # recompute the mixer's activations in the backward pass, as
+                                            # Mamba's own kernels do: a layer keeps its input, not ~20
+                                            # D_inner-wide tensors; costs about one more forward
+
+    def errors(self, d_model: int) -> list[str]:
+        """One message per invalid option, for layers of width `d_model`."""
+        errors = [one_of("model.ssm.kind", self.kind, SSM_KINDS)]
+        for key in ("state_dim", "expand", "conv_width", "chunk_size", "head_dim"):
+            if getattr(self, key) < 1:
+                errors.append(f"model.ssm.{key} must be >= 1, got {getattr(self, key)}")
+        if self.kind == "mamba2" and self.head_dim >= 1 and (self.expand * d_model) % self.head_dim:
+            errors.append(f"model.ssm.head_dim={self.head_dim} must divide D_inner = model.ssm.expand * "
+                          f"model.d_model = {self.expand * d_model} (Mamba-2 splits D_inner into heads)")
+        return [e for e in errors if e]
 
 
 @jax.tree_util.register_dataclass
@@ -188,7 +215,8 @@ class Mamba2(_Mixer):
         """x (B, T, d) -> (B, T, d), or (y, new cache) when `cache` is given."""
         starts, spec = self._check(x, segment_ids, cache)
         batch, length = x.shape[:2]
-        z, xbc, dt = jnp.split(self.in_proj(x), [self.inner, 2 * self.inner + 2 * self.state_dim], axis=-1)
+        z, xbc, dt = jnp.split(self.in_proj(x), [self.inner, 2 * self.inner + 2 * self.state_dim],
+                               axis=-1)
         xbc, history = self._conv(xbc, cache, starts, spec)
         u, B, C = jnp.split(xbc.astype(jnp.float32), [self.inner, self.inner + self.state_dim], axis=-1)
         u = u.reshape(batch, length, self.heads, self.head_dim)
@@ -206,7 +234,8 @@ class Mamba2(_Mixer):
 
 def mamba_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs,
                       sequence_sharding: SequenceSharding | None = None) -> Mamba1 | Mamba2:
-    """The mixer named by cfg.ssm.kind, sized by cfg.d_model and cfg.ssm."""
+    """The mixer named by cfg.ssm.kind, sized by cfg.d_model and cfg.ssm (cfg: a config
+    with an `ssm` section, i.e. a models.zamba.ZambaConfig)."""
     s, dtype = cfg.ssm, compute_dtype(cfg)
     common = dict(state_dim=s.state_dim, expand=s.expand, conv_width=s.conv_width,
                   chunk_size=s.chunk_size, dtype=dtype, sequence_sharding=sequence_sharding, rngs=rngs)

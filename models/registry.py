@@ -1,7 +1,7 @@
 """Models by name, so a config can say `model.name: zamba`.
 
-    @register_model("mine", config_errors=mine_config_errors)   # checks are optional
-    def build_mine(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module: ...
+    @register_model("mine", config=MineConfig)   # MineConfig(ModelConfig); default ModelConfig
+    def build_mine(cfg: MineConfig, *, rngs: nnx.Rngs) -> nnx.Module: ...
 
     model = build_model(cfg, rngs=nnx.Rngs(0))       # looks up cfg.name
     model = build_model(cfg, rngs=nnx.Rngs(0), sequence_sharding=spec)   # mesh.seq > 1
@@ -20,37 +20,29 @@ from flax import nnx
 from .config import ModelConfig
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {}
-# name -> config_errors(cfg, *, seq_len, seq_pieces) -> [message, ...]: the model's own
-# checks of its config section against the training shape (train.config.validate calls it).
-CONFIG_ERRORS: dict[str, Callable[..., list[str]]] = {}
-# Models whose config_errors also check model.attention.energy (the generic check is skipped).
-OWN_ENERGY_CHECK: set[str] = set()
+# name -> the config class its builder takes (ModelConfig or a subclass with the model's
+# own sections); the config loader picks it from `model.name`.
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {}
 
 
-def register_model(name: str, *, config_errors: Callable[..., list[str]] | None = None,
-                   checks_energy: bool = False):
-    """Decorator: register `builder(cfg, *, rngs) -> nnx.Module` under `name`.
+def register_model(name: str, *, config: type[ModelConfig] = ModelConfig):
+    """Decorator: register `builder(cfg, *, rngs) -> nnx.Module` under `name`, taking a
+    `config` (ModelConfig, or the model's subclass of it, whose `errors()` checks it)."""
+    if not (isinstance(config, type) and issubclass(config, ModelConfig)):
+        raise TypeError(f"register_model({name!r}): config must be ModelConfig or a subclass, got {config!r}")
 
-    config_errors(cfg, *, seq_len, seq_pieces) -> list of messages, one per bad option of
-    the model's own config section (seq_len: training rows; seq_pieces: how many pieces
-    each row is cut into across devices, 1 unsharded). checks_energy: it also checks
-    model.attention.energy and its params, instead of the energy registry's check."""
     def add(builder):
         if name in MODELS and MODELS[name] is not builder:
             raise ValueError(f"a model named {name!r} is already registered")
         MODELS[name] = builder
-        if config_errors is not None:
-            CONFIG_ERRORS[name] = config_errors
-        if checks_energy:
-            OWN_ENERGY_CHECK.add(name)
+        CONFIG_CLASSES[name] = config
         return builder
     return add
 
 
-def model_config_errors(cfg: ModelConfig, *, seq_len: int, seq_pieces: int = 1) -> list[str]:
-    """The registered model's own messages about `cfg` (none if it registered no check)."""
-    check = CONFIG_ERRORS.get(cfg.name)
-    return [] if check is None else list(check(cfg, seq_len=seq_len, seq_pieces=seq_pieces))
+def config_class(name: str) -> type[ModelConfig]:
+    """The config class of the model registered under `name` (ModelConfig if unknown)."""
+    return CONFIG_CLASSES.get(name, ModelConfig)
 
 
 def can_shard(name: str) -> bool:
@@ -66,6 +58,10 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding=None) -> 
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown model {cfg.name!r}.{hint} Registered models: {sorted(MODELS)}")
     builder = MODELS[cfg.name]
+    expected = config_class(cfg.name)
+    if not isinstance(cfg, expected):
+        raise TypeError(f"model {cfg.name!r} is built from a {expected.__name__} "
+                        f"({expected.__module__}.{expected.__name__}), got a {type(cfg).__name__}")
     if sequence_sharding is None or sequence_sharding.num_shards == 1:
         return builder(cfg, rngs=rngs)
     if not can_shard(cfg.name):

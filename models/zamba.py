@@ -2,8 +2,8 @@
 ZambaForCausalLM): a Mamba backbone plus ONE shared attention+MLP block applied at
 several depths.
 
-    cfg = ModelConfig(name="zamba", d_model=128, num_layers=6, num_heads=4,
-                      ssm=SSMConfig(kind="mamba1"), zamba=ZambaConfig(shared_every=2))
+    cfg = ZambaConfig(d_model=128, num_layers=6, num_heads=4,
+                      ssm=SSMConfig(kind="mamba1"), zamba=SharedBlockConfig(shared_every=2))
     model = build_model(cfg, rngs=nnx.Rngs(0))
     logits = model(tokens, segment_ids=ids, positions=pos)    # (B, T) -> (B, T, vocab) fp32
     cache = model.init_cache(batch, max_len)
@@ -43,7 +43,8 @@ across devices (models/mamba_sharding.py); the model code is the same.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +56,48 @@ from energy_attn.sequence_sharding import SequenceSharding
 from .lm_inputs import check_cache_length, check_lm_inputs, lm_mask
 from .config import ModelConfig
 from .layers import MLP, RMSNorm, attention_from_config, compute_dtype
-from .mamba import SSM_KINDS, MambaBlock, MambaCache
+from .mamba import MambaBlock, MambaCache, SSMConfig
 from .registry import register_model
 
 Array = Any
+
+
+@dataclass
+class SharedBlockConfig:
+    """The hybrid's shared attention block(s): `model.zamba` in a config."""
+    shared_every: int = 2                   # apply the shared block before every k-th Mamba layer
+    num_shared_blocks: int = 1              # 1, or 2 alternating ABAB (Zamba2)
+    lora_rank: int = 0                      # per-application LoRA on the shared q/k/v/MLP inputs; 0 = off
+
+
+@dataclass
+class ZambaConfig(ModelConfig):
+    """The Zamba-like hybrid: the shared fields (num_layers counts Mamba layers, num_heads
+    the shared block's heads over its 2·d_model width), the Mamba layers and the shared block."""
+    name: str = "zamba"
+    ssm: SSMConfig = field(default_factory=SSMConfig)
+    zamba: SharedBlockConfig = field(default_factory=SharedBlockConfig)
+
+    own_sections: ClassVar[tuple[str, ...]] = ("ssm", "zamba")
+
+    def errors(self, *, seq_len: int | None = None, seq_pieces: int = 1) -> list[str]:
+        """The shared checks, model.ssm and model.zamba, and, when sequence-sharded, whether
+        each device's piece covers the Mamba conv's reach (it borrows that many tokens from
+        the piece before)."""
+        errors = super().errors(seq_len=seq_len, seq_pieces=seq_pieces) + self.ssm.errors(self.d_model)
+        z = self.zamba
+        if not 1 <= z.shared_every <= self.num_layers:
+            errors.append(f"model.zamba.shared_every={z.shared_every} must be in [1, model.num_layers="
+                          f"{self.num_layers}] (the shared block feeds every k-th Mamba layer)")
+        if z.num_shared_blocks not in (1, 2):
+            errors.append(f"model.zamba.num_shared_blocks={z.num_shared_blocks} must be 1 or 2 (ABAB)")
+        if z.lora_rank < 0:
+            errors.append(f"model.zamba.lora_rank={z.lora_rank} must be >= 0 (0 = no LoRA)")
+        if seq_len is not None and seq_pieces > 1 and seq_len // seq_pieces < self.ssm.conv_width - 1:
+            errors.append(f"data.seq_len={seq_len} over the mesh's sequence axis gives pieces of "
+                          f"{seq_len // seq_pieces} tokens, shorter than the Mamba conv's reach "
+                          f"model.ssm.conv_width - 1 = {self.ssm.conv_width - 1}")
+        return errors
 
 
 @jax.tree_util.register_dataclass
@@ -119,30 +158,9 @@ def shared_sites(num_layers: int, shared_every: int) -> tuple[int, ...]:
     return tuple(i for i in range(num_layers) if (i + 1) % shared_every == 0)
 
 
-def zamba_config_errors(cfg: ModelConfig) -> list[str]:
-    """One message per invalid model.ssm / model.zamba option (train.config.validate uses it)."""
-    s, z, errors = cfg.ssm, cfg.zamba, []
-    if s.kind not in SSM_KINDS:
-        errors.append(f"model.ssm.kind={s.kind!r} is not one of {', '.join(map(repr, SSM_KINDS))}")
-    for key in ("state_dim", "expand", "conv_width", "chunk_size", "head_dim"):
-        if getattr(s, key) < 1:
-            errors.append(f"model.ssm.{key} must be >= 1, got {getattr(s, key)}")
-    if s.kind == "mamba2" and s.head_dim >= 1 and (s.expand * cfg.d_model) % s.head_dim:
-        errors.append(f"model.ssm.head_dim={s.head_dim} must divide D_inner = model.ssm.expand * "
-                      f"model.d_model = {s.expand * cfg.d_model} (Mamba-2 splits D_inner into heads)")
-    if not 1 <= z.shared_every <= cfg.num_layers:
-        errors.append(f"model.zamba.shared_every={z.shared_every} must be in [1, model.num_layers="
-                      f"{cfg.num_layers}] (the shared block feeds every k-th Mamba layer)")
-    if z.num_shared_blocks not in (1, 2):
-        errors.append(f"model.zamba.num_shared_blocks={z.num_shared_blocks} must be 1 or 2 (ABAB)")
-    if z.lora_rank < 0:
-        errors.append(f"model.zamba.lora_rank={z.lora_rank} must be >= 0 (0 = no LoRA)")
-    return errors
-
-
 class Zamba(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
-        errors = zamba_config_errors(cfg)
+    def __init__(self, cfg: ZambaConfig, *, rngs: nnx.Rngs, sequence_sharding: SequenceSharding | None = None):
+        errors = cfg.errors()
         if errors:
             raise ValueError("; ".join(errors))
         z = cfg.zamba
@@ -209,18 +227,7 @@ class Zamba(nnx.Module):
         return logits if cache is None else (logits, ZambaCache(mamba=new_mamba, attn=new_attn))
 
 
-def zamba_training_errors(cfg: ModelConfig, *, seq_len: int, seq_pieces: int = 1) -> list[str]:
-    """zamba_config_errors, and, when sequence-sharded, whether each device's piece covers
-    the Mamba conv's reach (it borrows that many tokens from the piece before)."""
-    errors = zamba_config_errors(cfg)
-    if seq_pieces > 1 and seq_len // seq_pieces < cfg.ssm.conv_width - 1:
-        errors.append(f"data.seq_len={seq_len} over the mesh's sequence axis gives pieces of "
-                      f"{seq_len // seq_pieces} tokens, shorter than the Mamba conv's reach "
-                      f"model.ssm.conv_width - 1 = {cfg.ssm.conv_width - 1}")
-    return errors
-
-
-@register_model("zamba", config_errors=zamba_training_errors)
-def _build_zamba(cfg: ModelConfig, *, rngs: nnx.Rngs,
+@register_model("zamba", config=ZambaConfig)
+def _build_zamba(cfg: ZambaConfig, *, rngs: nnx.Rngs,
                  sequence_sharding: SequenceSharding | None = None) -> Zamba:
     return Zamba(cfg, rngs=rngs, sequence_sharding=sequence_sharding)

@@ -13,7 +13,8 @@ import energy_attn as ea
 from models import build_model
 from models.bst import BlockStateTransformer, DiagonalSSM
 from models.s4d import chunked_ssm_outputs, fft_causal_conv, ssm_conv_reference
-from models.config import AttentionConfig, BSTConfig, ModelConfig
+from models.config import AttentionConfig
+from models.bst import BSTConfig, BSTLayerConfig
 from train.config import load_config
 
 VARIANTS = ["sh", "mh", "mf"]
@@ -21,9 +22,9 @@ VARIANTS = ["sh", "mh", "mf"]
 
 def tiny(variant="mh", energy="softmax", num_layers=2, block_len=4, kv_heads=None, **bst):
     bst = {"num_context_states": 4, "num_filters": 2, "state_dim": 4, **bst}
-    return ModelConfig(name="bst", vocab_size=32, max_seq_len=32, d_model=16, num_layers=num_layers,
+    return BSTConfig(vocab_size=32, max_seq_len=32, d_model=16, num_layers=num_layers,
                        num_heads=2, attention=AttentionConfig(energy=energy, num_kv_heads=kv_heads),
-                       bst=BSTConfig(variant=variant, block_len=block_len, **bst))
+                       bst=BSTLayerConfig(variant=variant, block_len=block_len, **bst))
 
 
 @nnx.jit
@@ -174,7 +175,7 @@ def test_every_registered_energy_plugs_in(energy):
 
 
 def test_training_lowers_the_loss(tmp_path):
-    from train.loop import train
+    from train.loop.trainer import train
     run = tmp_path / "run"
     cfg = load_config(None, [
         "model.name=bst", "model.num_layers=1", "model.d_model=32", "model.num_heads=2",

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from energy_attn.sequence_sharding import SequenceSharding
 from energy_attn.tree import dual_chunk_permutation
 from models.bst import BSTLayer
-from models.config import BSTConfig, ModelConfig
+from models.bst import BSTConfig, BSTLayerConfig
 from models.registry import build_model
 from tests.test_train_sharded import train_losses
 
@@ -33,8 +33,8 @@ def permutation(layout, spec, length=T):
 
 
 def config(variant, **extra):
-    bst = BSTConfig(variant=variant, block_len=W, num_context_states=4, num_filters=2, state_dim=4)
-    return ModelConfig(name="bst", vocab_size=64, max_seq_len=T, d_model=8, num_layers=2, num_heads=2,
+    bst = BSTLayerConfig(variant=variant, block_len=W, num_context_states=4, num_filters=2, state_dim=4)
+    return BSTConfig(vocab_size=64, max_seq_len=T, d_model=8, num_layers=2, num_heads=2,
                        bst=bst, **extra)
 
 
@@ -122,7 +122,7 @@ def test_what_cannot_be_sharded_gives_clear_errors():
     model = build_model(config("mh"), rngs=nnx.Rngs(0), sequence_sharding=spec)
     with pytest.raises(ValueError, match="pieces of whole blocks.*pieces of 6 tokens"):
         jax.jit(lambda t: nnx.merge(*nnx.split(model))(t))(jnp.zeros((2, 48), jnp.int32))
-    fft_bst = BSTConfig(variant="mh", block_len=W, conv="fft", num_context_states=4, state_dim=4)
+    fft_bst = BSTLayerConfig(variant="mh", block_len=W, conv="fft", num_context_states=4, state_dim=4)
     fft = build_model(dataclasses.replace(config("mh"), bst=fft_bst), rngs=nnx.Rngs(0), sequence_sharding=spec)
     with pytest.raises(ValueError, match="model.bst.conv='fft' cannot be sequence-sharded"):
         jax.jit(lambda t: nnx.merge(*nnx.split(fft))(t))(jnp.zeros((2, T), jnp.int32))

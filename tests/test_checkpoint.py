@@ -1,4 +1,4 @@
-"""train.checkpoint: Orbax round trips (nnx state, optax state, PRNG keys, meta), the
+"""train.checkpoints.checkpoint: Orbax round trips (nnx state, optax state, PRNG keys, meta), the
 keep-N + best policy, async saves, and falling back past damaged checkpoints."""
 import os
 import shutil
@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from train.checkpoint import CheckpointError, Checkpointer, CheckpointMismatch, CheckpointWarning
+from train.checkpoints.checkpoint import CheckpointError, Checkpointer, CheckpointMismatch, CheckpointWarning
 
 X = jnp.ones((2, 3))
 

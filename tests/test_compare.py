@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from train.cli import main
-from train.compare import aggregate, compare, expand, summarize
+from train.workflows.compare import aggregate, compare, expand, summarize
 from train.config import dump_yaml, load_config
 
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=16",
@@ -112,7 +112,7 @@ def test_not_a_run_directory_is_one_clear_line(tmp_path, capsys):
 
 
 def test_group_mean_curve_is_over_the_steps_every_run_logged():
-    from train.compare import mean_curve
+    from train.workflows.compare import mean_curve
     steps, mean, std = mean_curve([[(1, 2.0), (2, 4.0)], [(1, 4.0), (2, 6.0), (3, 1.0)]])
     assert list(steps) == [1, 2] and list(mean) == [3.0, 5.0]
     assert std == pytest.approx([2 ** 0.5, 2 ** 0.5])                      # sample std

@@ -1,7 +1,7 @@
-"""Where XLA's persistent compilation cache goes (train/compile_cache.py)."""
+"""Where XLA's persistent compilation cache goes (train/loop/compile_cache.py)."""
 from pathlib import Path
 
-from train.compile_cache import DEFAULT_DIR, ENV, use_compile_cache
+from train.loop.compile_cache import DEFAULT_DIR, ENV, use_compile_cache
 
 
 def test_default_directory_and_threshold():

@@ -1,8 +1,6 @@
 """Typed configs: YAML + dotted overrides -> Config, type checks, validation, round trip."""
 import dataclasses
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -283,22 +281,46 @@ def test_user_registered_energy_is_valid(monkeypatch):
         load_config(None, [f"model.attention.energy={name}", "model.attention.energy_params.beta=1"])
 
 
-@pytest.fixture
-def fake_model_registry(monkeypatch):
-    import models
-    fake = types.ModuleType("models.registry")
-    fake.MODELS = {"transformer": object(), "zamba": object()}
-    fake.OWN_ENERGY_CHECK = set()
-    fake.model_config_errors = lambda cfg, **shape: []
-    monkeypatch.setitem(sys.modules, "models.registry", fake)
-    monkeypatch.setattr(models, "registry", fake, raising=False)
-    return fake
-
-
-def test_unknown_model_name(fake_model_registry):
-    load_config(None, ["model.name=zamba"])
+def test_unknown_model_name():
+    assert type(load_config(None, ["model.name=zamba"]).model).__name__ == "ZambaConfig"
     with pytest.raises(ValueError, match=r"unknown model\.name='zambaa'; did you mean 'zamba'\?"):
         load_config(None, ["model.name=zambaa"])
+
+
+def test_model_name_picks_the_config_class_and_its_sections():
+    from models import BSTConfig, ModelConfig, ZambaConfig
+    assert type(load_config(None).model) is ModelConfig
+    # model.name is applied first, whatever the order of the overrides
+    cfg = load_config(None, ["model.ssm.kind=mamba2", "model.name=zamba", "model.d_model=64"])
+    assert isinstance(cfg.model, ZambaConfig) and cfg.model.ssm.kind == "mamba2" and cfg.model.d_model == 64
+    # switching model keeps the shared fields and drops the old model's sections
+    cfg = load_config("configs/zamba_small.yaml", ["model.name=bst", "data.seq_len=128"])
+    assert isinstance(cfg.model, BSTConfig) and not hasattr(cfg.model, "ssm")
+    assert cfg.model.d_model == load_config("configs/zamba_small.yaml").model.d_model
+    # another model's section names its model
+    with pytest.raises(ValueError, match=r"'model.ssm' is a setting of model.name='zamba', and this "
+                                         r"config's model is 'transformer'; set model.name=zamba"):
+        load_config(None, ["model.ssm.kind=mamba2"])
+    with pytest.raises(ValueError, match=r"'model.bst' is a setting of model.name='bst'"):
+        from_dict({"model": {"name": "zamba", "bst": {"block_len": 32}}})
+    # a whole section given at once picks the class too
+    assert isinstance(load_config(None, ["model={name: bst, bst: {block_len: 16}}"]).model, BSTConfig)
+    # a Python-built config of the wrong class is refused by name
+    with pytest.raises(ValueError, match=r"model.name='zamba' is configured by a ZambaConfig"):
+        validate(Config(model=ModelConfig(name="zamba")))
+
+
+def test_configs_written_with_every_models_sections_still_load():
+    """Before each model had its config class, config.yaml held every model's sections at
+    their defaults; such files load, and a non-default foreign section is still an error."""
+    old = to_dict(load_config(None))
+    old["model"]["ssm"] = {"kind": "mamba1", "state_dim": 16, "remat": True}
+    old["model"]["bst"] = {"variant": "mh", "block_len": 64}
+    old["model"]["energy_transformer"] = {"steps": 12}
+    assert from_dict(old) == load_config(None)
+    old["model"]["bst"]["block_len"] = 32
+    with pytest.raises(ValueError, match="'model.bst' is a setting of model.name='bst'"):
+        from_dict(old)
 
 
 # ------------------------------------------------------------------ output
@@ -348,10 +370,16 @@ def test_config_reference_lists_every_key():
 
 
 def _leaf_keys(cls=Config, prefix=""):
+    """Every key: the shared model fields, then each registered model's own sections."""
+    from models.registry import CONFIG_CLASSES
     for f in dataclasses.fields(cls):
         sub = getattr(cls(), f.name)
         if dataclasses.is_dataclass(sub):
             yield from _leaf_keys(type(sub), prefix + f.name + ".")
+            if f.name == "model":
+                for model_cls in CONFIG_CLASSES.values():
+                    for section in model_cls.own_sections:
+                        yield from _leaf_keys(type(getattr(model_cls(), section)), f"model.{section}.")
         else:
             yield prefix + f.name
 

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from train.config import DataConfig
-from train.corpus import builtin_documents
-from train.data import (DataWarning, ZYDA, build_data, is_validation, pack_rows,
+from train.data.corpus import builtin_documents
+from train.data.pipeline import (DataWarning, ZYDA, build_data, is_validation, pack_rows,
                         read_documents)
-from train.tokenizer import ByteTokenizer, CharTokenizer, build_tokenizer
+from train.data.tokenizer import ByteTokenizer, CharTokenizer, build_tokenizer
 
 WORDS = ("the energy of attention is a log partition function whose gradient with respect "
          "to a source term gives the output of every query over all keys and values").split()
@@ -118,7 +118,7 @@ def test_builtin_corpus_is_real_text_and_deterministic():
     assert any("for_stmt" in d or "The \"for\" statement" in d for d in docs)   # pydoc topics
     digest = hashlib.sha256("\0".join(docs).encode()).hexdigest()
     # Another process, another hash seed (set/dict order), same corpus.
-    code = ("import hashlib; from train.corpus import builtin_documents as b; "
+    code = ("import hashlib; from train.data.corpus import builtin_documents as b; "
             "print(hashlib.sha256('\\0'.join(b()).encode()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"})

@@ -11,18 +11,18 @@ from flax import nnx
 
 import energy_attn as ea
 from energy_attn import energy_transformer as et
-from models import AttentionConfig, ModelConfig, build_model, generate
-from models.config import EnergyTransformerConfig
+from models import AttentionConfig, build_model, generate
+from models.energy_transformer import DescentConfig, EnergyTransformerConfig
 from models.energy_transformer import EnergyTransformerLM   # registers "energy_transformer"
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(energy_params=None, **descent):
-    return ModelConfig(name="energy_transformer", vocab_size=11, max_seq_len=12, d_model=16,
+    return EnergyTransformerConfig(vocab_size=11, max_seq_len=12, d_model=16,
                        num_heads=2, attention=AttentionConfig(energy="energy_transformer",
                                                               energy_params=energy_params or {}),
-                       energy_transformer=EnergyTransformerConfig(**{"steps": 3, "num_memories": 24,
+                       energy_transformer=DescentConfig(**{"steps": 3, "num_memories": 24,
                                                                      **descent}))
 
 

@@ -12,7 +12,7 @@ import energy_attn as ea
 from energy_attn import registry
 from tests.test_energies import make_qkv
 from train.config import load_config
-from train.data import build_data
+from train.data.pipeline import build_data
 
 # ------------------------------------------------------------------ q, k, v dtypes
 

@@ -30,7 +30,7 @@ def is_png(path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from train.config import load_config
-    from train.loop import train
+    from train.loop.trainer import train
     run = tmp_path_factory.mktemp("tiny_run")
     train(load_config(None, [*TINY, f"train.run_dir={run}", "train.steps=2"]), log=lambda *_: None)
     return run
@@ -138,7 +138,7 @@ def test_energy_curves_fall(tmp_path):
 
 
 def test_model_pictures_from_a_tiny_run(tiny_run, tmp_path):
-    from train.run import load_run
+    from train.checkpoints.run import load_run
     _, tokenizer, model, step = load_run(tiny_run)
     res = ls.plot_model(model, tokenizer, tmp_path, step=step, grid=10)
     T = len(res["tokens"])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models.config import ModelConfig, SSMConfig
+from models.mamba import SSMConfig
+from models.zamba import ZambaConfig
 from models.mamba import Mamba1, Mamba2, MambaBlock, mamba_from_config
 from models.ssm_scan import causal_conv, segment_starts, selective_scan, selective_step, ssd_scan, ssd_step
 
@@ -165,7 +166,7 @@ def test_causal_conv_reference_history_and_resets():
 
 # ------------------------------------------------------------------ layers
 def config(kind, **ssm):
-    return ModelConfig(d_model=16, ssm=SSMConfig(kind=kind, state_dim=4, chunk_size=8, head_dim=8, **ssm))
+    return ZambaConfig(d_model=16, ssm=SSMConfig(kind=kind, state_dim=4, chunk_size=8, head_dim=8, **ssm))
 
 
 def layer(kind):

@@ -11,7 +11,9 @@ from jax.sharding import Mesh
 
 from energy_attn.sequence_sharding import SequenceSharding
 from energy_attn.tree import dual_chunk_permutation
-from models.config import ModelConfig, SSMConfig, ZambaConfig
+from models.config import ModelConfig
+from models.mamba import SSMConfig
+from models.zamba import SharedBlockConfig, ZambaConfig
 from models.mamba import Mamba1, Mamba2
 from models.ssm_scan import causal_conv, segment_starts, selective_scan, ssd_scan
 from models.mamba_sharding import (sharded_causal_conv, sharded_scan, sharded_segment_starts)
@@ -166,9 +168,9 @@ def test_pieces_shorter_than_the_conv_reach_give_a_clear_error():
 def test_zamba_loss_and_gradients_sharded_equal_one_device(kind):
     spec = spec_for("dual_chunk")
     perm = permutation("dual_chunk", spec)
-    cfg = ModelConfig(name="zamba", vocab_size=64, max_seq_len=T, d_model=16, num_layers=2, num_heads=2,
+    cfg = ZambaConfig(vocab_size=64, max_seq_len=T, d_model=16, num_layers=2, num_heads=2,
                       ssm=SSMConfig(kind=kind, state_dim=4, head_dim=8, chunk_size=4),
-                      zamba=ZambaConfig(shared_every=2))
+                      zamba=SharedBlockConfig(shared_every=2))
     model = build_model(cfg, rngs=nnx.Rngs(0))
     sharded = build_model(cfg, rngs=nnx.Rngs(0), sequence_sharding=spec)          # same weights
     tokens = jax.random.randint(jax.random.key(2), (2, T), 0, 64)
@@ -200,9 +202,9 @@ def test_sharding_is_a_constructor_argument_and_unshardable_models_say_so():
     from models.registry import MODELS, register_model
     from train.config import load_config
     spec = spec_for("dual_chunk")
-    cfg = ModelConfig(name="zamba", vocab_size=64, max_seq_len=T, d_model=16, num_layers=2, num_heads=2,
+    cfg = ZambaConfig(vocab_size=64, max_seq_len=T, d_model=16, num_layers=2, num_heads=2,
                       ssm=SSMConfig(kind="mamba2", state_dim=4, head_dim=8, chunk_size=4),
-                      zamba=ZambaConfig(shared_every=2))
+                      zamba=SharedBlockConfig(shared_every=2))
     model = build_model(cfg, rngs=nnx.Rngs(0), sequence_sharding=spec)
     assert model.shared[0].attn.sequence_sharding == spec
     assert all(layer.mixer.sequence_sharding == spec for layer in model.layers)

@@ -1,12 +1,12 @@
-"""train.metrics: metrics.jsonl, W&B modes without network, the progress bar."""
+"""train.loop.metrics: metrics.jsonl, W&B modes without network, the progress bar."""
 import io
 import json
 
 import numpy as np
 import pytest
 
-from train import metrics as M
-from train.metrics import LoggingWarning, MetricsLogger, ProgressBar, read_metrics
+from train.loop import metrics as M
+from train.loop.metrics import LoggingWarning, MetricsLogger, ProgressBar, read_metrics
 
 
 @pytest.fixture

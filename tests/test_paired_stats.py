@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from train.paired_stats import paired_t, student_t_sf2
+from train.workflows.paired_stats import paired_t, student_t_sf2
 
 
 @pytest.mark.parametrize("t", [0.0, 0.5, 1.0, 2.92, 4.3, 10.0, -3.0])

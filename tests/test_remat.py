@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models.config import ModelConfig, SSMConfig
+from models.mamba import SSMConfig
+from models.zamba import ZambaConfig
 from models.mamba import MambaBlock
 from models.remat import recompute_in_backward
 
@@ -58,7 +59,7 @@ def test_lowers_compiled_memory_of_a_chain():
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
 def test_mamba_block_remat_same_values_and_gradients(kind):
     def block(remat):
-        cfg = ModelConfig(d_model=16, ssm=SSMConfig(kind=kind, state_dim=4, chunk_size=8, head_dim=8,
+        cfg = ZambaConfig(d_model=16, ssm=SSMConfig(kind=kind, state_dim=4, chunk_size=8, head_dim=8,
                                                     remat=remat))
         return MambaBlock(cfg, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 21, 16))

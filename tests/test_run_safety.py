@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from train.checkpoint import Checkpointer, CheckpointWarning, DiskFull
+from train.checkpoints.checkpoint import Checkpointer, CheckpointWarning, DiskFull
 from train.cli import error_line, main
 from train.config import load_config
-from train.run_lock import RunLock, RunLocked, RunLockWarning, holder
-from train.run_record import read_history
+from train.checkpoints.run_lock import RunLock, RunLocked, RunLockWarning, holder
+from train.checkpoints.run_record import read_history
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.max_seq_len=32",
@@ -69,8 +69,10 @@ def test_run_dir_is_named_after_the_config_and_the_experiment_keys_changed(tmp_p
     cfg = tmp_path / "mine.yaml"
     cfg.write_text("model:\n  d_model: 64\n")
     assert load_config(str(cfg)).train.run_dir == "runs/mine"
-    assert load_config(str(cfg), ["model.ssm.state_dim=8", "model.bst.state_dim=8"]).train.run_dir == \
-        "runs/mine__model.ssm.state_dim-8__model.bst.state_dim-8"
+    # keys that share their last part are named in full
+    assert load_config(str(cfg), ["model.name=energy_transformer", "model.energy_transformer.steps=3",
+                                  "train.steps=50"]).train.run_dir == \
+        "runs/mine__name-energy_transformer__model.energy_transformer.steps-3__train.steps-50"
 
 
 def test_readme_sequence_keeps_each_runs_config(tmp_path, monkeypatch, capsys, corpus):
@@ -152,7 +154,7 @@ def _flip_one_bit(path: Path, offset: int) -> bytes:
 def test_a_flipped_bit_in_a_parameter_or_optimizer_array_is_caught_and_falls_back(tmp_path, capsys,
                                                                                    corpus):
     """Orbax restores a flipped bit inside an array as another number; the checksums do not."""
-    from train.loop import _checkpoint_state, make_optimizer
+    from train.loop.trainer import _checkpoint_state, make_optimizer
     from models import build_model
     run = tmp_path / "run"
     assert main(["train", *args(run, corpus, "train.steps=10")]) == 0
@@ -197,7 +199,7 @@ def test_a_flipped_bit_in_a_parameter_or_optimizer_array_is_caught_and_falls_bac
 
 
 def test_eval_and_sample_refuse_nonfinite_parameters(tmp_path, capsys, corpus):
-    from train.loop import _checkpoint_state, make_optimizer
+    from train.loop.trainer import _checkpoint_state, make_optimizer
     from models import build_model
     run = tmp_path / "run"
     assert main(["train", *args(run, corpus, "train.steps=5")]) == 0
@@ -260,7 +262,7 @@ def test_killing_a_sweep_kills_its_trainers_and_a_rerun_respects_locks(tmp_path,
     assert len(pids) == 2, "the trainers never started"
 
     # A second sweep over the same folders does not start trainers on them.
-    from train.sweep import parse_over, plan, run_sweep
+    from train.workflows.sweep import parse_over, plan, run_sweep
     over = [parse_over("train.seed=0,1")]
     sets = [*TINY, *corpus, "train.steps=100000", "checkpoint.every=100000"]
     lines = []
@@ -324,7 +326,7 @@ def test_divergence_says_whether_a_checkpoint_exists_and_skipping_has_a_limit(tm
     err = capsys.readouterr().err
     assert "3 steps in a row had a non-finite loss" in err and "train.max_skipped_steps=3" in err
 
-    from train.loop import train
+    from train.loop.trainer import train
     res = train(load_config(None, args(tmp_path / "c", corpus, "train.steps=6",
                                        "train.on_nonfinite=skip", *blow_up)), log=lambda *_: None)
     assert res.step == 6 and res.skipped_steps >= 1
@@ -356,11 +358,11 @@ def test_a_full_disk_says_what_was_kept(tmp_path, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
-    import train.cli as cli
+    import train.cli.config as cli_config
 
     def boom(args):
         raise KeyError("deep inside")
-    monkeypatch.setattr(cli, "_config_reference", boom)
+    monkeypatch.setattr(cli_config, "_config_reference", boom)
     assert main(["config", "reference"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["energy-attn config reference: KeyError: 'deep inside' (rerun with --debug for the "
@@ -370,7 +372,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypat
 
 
 def test_bench_checkpoint_reports_the_checksum_share(tmp_path, corpus):
-    from train.bench_checkpoint import bench_checkpoint, format_report
+    from train.bench.checkpoint import bench_checkpoint, format_report
     res = bench_checkpoint(load_config(None, args(tmp_path / "r", corpus)), rounds=1, log=lambda *_: None)
     assert 0 < res["median_ms"]["manifest"] < res["median_ms"]["save"]
     assert 0 < res["median_ms"]["verify"] < res["median_ms"]["restore"]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from train.cli import main
-from train.sweep import DONE_FILE, parse_over, plan, point_names, run_sweep, split_values
+from train.workflows.sweep import DONE_FILE, parse_over, plan, point_names, run_sweep, split_values
 
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=16",
         "train.batch_size=4", "train.steps=3", "optim.warmup_steps=1", "train.eval_every=3",
@@ -100,8 +100,8 @@ def test_parallel_sweep_then_skip_finished_and_resume_unfinished(tmp_path, monke
     assert "peak_rss_mb" not in done         # it shared this process: its peak would include others'
 
     # Everything finished: a third run trains nothing.
-    import train.loop
-    monkeypatch.setattr(train.loop, "train", lambda *a, **k: pytest.fail("trained a finished run"))
+    import train.loop.trainer
+    monkeypatch.setattr(train.loop.trainer, "train", lambda *a, **k: pytest.fail("trained a finished run"))
     third = run_sweep(plan(None, over, sets, out=out), over=over, sets=sets, log=quiet)
     assert [p.status for p in third] == ["skipped", "skipped"]
 

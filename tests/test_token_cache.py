@@ -9,10 +9,10 @@ import pytest
 
 from train.cli import main
 from train.config import DataConfig, load_config
-from train.data import build_data, is_validation
-from train.token_cache import (CacheBatchIterator, TokenCache, build_cache_data, prepare,
+from train.data.pipeline import build_data, is_validation
+from train.data.token_cache import (CacheBatchIterator, TokenCache, build_cache_data, prepare,
                                prepare_from_config, token_dtype)
-from train.tokenizer import ByteTokenizer, HFTokenizer
+from train.data.tokenizer import ByteTokenizer, HFTokenizer
 
 WORDS = ("energy attention softmax gradient kernel sigmoid query key value hopfield "
          "retrieval pattern memory token layer").split()
@@ -141,7 +141,7 @@ def test_hf_tokenizer_cache_round_trips_and_uses_uint32_for_big_vocabularies(tmp
     again = cache.tokenizer(str(tmp_path / "tok.json"))
     assert again.vocab_size == tok.vocab_size and again.encode(docs[0]) == tok.encode(docs[0])
     # eval/sample of a run trained on this cache find the tokenizer there too
-    from train.run import _tokenizer
+    from train.checkpoints.run import _tokenizer
     run_cfg = load_config(None, ["data.source=cache", f"data.cache_dir={tmp_path / 'cache'}",
                                  f"data.tokenizer={tmp_path / 'tok.json'}"], check=False)
     assert _tokenizer(run_cfg, {}).encode(docs[1]) == tok.encode(docs[1])
@@ -162,7 +162,7 @@ def test_single_file_holds_out_the_tail(tmp_path):
 
 
 def test_short_training_run_from_the_cache(zyda, tmp_path):
-    from train.loop import train
+    from train.loop.trainer import train
     _, _, path = zyda
     cfg = load_config(None, ["model.num_layers=1", "model.d_model=32", "model.num_heads=2",
                              "data.seq_len=16", "train.batch_size=4", "train.steps=4",

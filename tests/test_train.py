@@ -30,7 +30,7 @@ def metrics(run_dir, split="train"):
 
 
 def test_training_writes_everything_and_learns(tmp_path):
-    from train.loop import train
+    from train.loop.trainer import train
     run = tmp_path / "run"
     result = train(tiny(run, "train.steps=40", "train.eval_every=20", "checkpoint.every=20",
                         "optim.lr=3e-3"), log=lambda *_: None)
@@ -40,12 +40,12 @@ def test_training_writes_everything_and_learns(tmp_path):
     train_rows, val_rows = metrics(run), metrics(run, "val")
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.5     # byte-level: starts near log(257)
     # the learning rate as the schedule gives it: warmup to 3e-3 over 2 steps, cosine after
-    from train.loop import learning_rate_schedule
+    from train.loop.trainer import learning_rate_schedule
     lr_at = learning_rate_schedule(tiny(run, "optim.lr=3e-3").optim, 40)
     assert [r["lr"] for r in train_rows] == pytest.approx([float(lr_at(r["step"] - 1)) for r in train_rows])
     assert train_rows[0]["lr"] > train_rows[-1]["lr"] > 0
     # throughput: FLOP/s = XLA's FLOPs per step × steps/s, and MFU against a measured matmul
-    from train.throughput import matmul_peak_flops
+    from train.loop.throughput import matmul_peak_flops
     row = train_rows[-1]
     assert row["flop_per_s"] > 0 and 0 < row["mfu"] < 1.5
     assert row["flop_per_s"] / row["mfu"] == pytest.approx(matmul_peak_flops(), rel=1.0)   # same peak, noisy
@@ -55,7 +55,7 @@ def test_training_writes_everything_and_learns(tmp_path):
 
 
 def test_samples_during_training_say_how_they_were_drawn(tmp_path):
-    from train.loop import train
+    from train.loop.trainer import train
     run = tmp_path / "run"
     train(tiny(run, "train.steps=4", "train.sample_every=2", "train.top_k=0"), log=lambda *_: None)
     text = (run / "samples.txt").read_text()
@@ -65,7 +65,7 @@ def test_samples_during_training_say_how_they_were_drawn(tmp_path):
 
 
 def test_a_run_shorter_than_the_warmup_warms_up_over_a_tenth_and_says_so(tmp_path, capsys):
-    from train.loop import learning_rate_schedule
+    from train.loop.trainer import learning_rate_schedule
     cfg = load_config(None, ["train.steps=20"])                 # the default warmup is 50 steps
     lr_at = learning_rate_schedule(cfg.optim, 20)
     assert float(lr_at(2)) == pytest.approx(cfg.optim.lr)       # peak after 20 // 10 = 2 steps
@@ -76,7 +76,7 @@ def test_a_run_shorter_than_the_warmup_warms_up_over_a_tenth_and_says_so(tmp_pat
 
 
 def test_two_identical_runs_give_identical_losses(tmp_path):
-    from train.loop import train
+    from train.loop.trainer import train
     a = train(tiny(tmp_path / "a", "train.steps=6", "logging.log_every=1"), log=lambda *_: None)
     b = train(tiny(tmp_path / "b", "train.steps=6", "logging.log_every=1"), log=lambda *_: None)
     assert [r["loss"] for r in metrics(tmp_path / "a")] == [r["loss"] for r in metrics(tmp_path / "b")]
@@ -86,7 +86,7 @@ def test_two_identical_runs_give_identical_losses(tmp_path):
 @pytest.mark.parametrize("variant", ["optim.grad_accum=2", "mesh.data=4"])
 def test_same_losses_with_grad_accumulation_or_data_parallel_mesh(tmp_path, variant):
     """Two micro-batches, or the batch split over 4 devices: same step, same losses."""
-    from train.loop import train
+    from train.loop.trainer import train
     one = train(tiny(tmp_path / "one", "train.steps=3", "logging.log_every=1"), log=lambda *_: None)
     other = train(tiny(tmp_path / "other", "train.steps=3", "logging.log_every=1", variant),
                   log=lambda *_: None)
@@ -96,14 +96,14 @@ def test_same_losses_with_grad_accumulation_or_data_parallel_mesh(tmp_path, vari
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    from train.loop import TrainingDiverged, train
+    from train.loop.trainer import TrainingDiverged, train
     run = tmp_path / "run"
     # A huge learning rate blows the parameters up within a few steps.
     cfg = tiny(run, "train.steps=200", "checkpoint.every=1", "optim.lr=1e9", "optim.min_lr=1e9",
                "optim.warmup_steps=0", "optim.grad_clip=1e9")
     with pytest.raises(TrainingDiverged, match="non-finite .*last good checkpoint"):
         train(cfg, log=lambda *_: None)
-    from train.run import load_run
+    from train.checkpoints.run import load_run
     _, _, model, step = load_run(run)
     from flax import nnx
     import jax
@@ -112,7 +112,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_nonfinite_skip_mode_keeps_going(tmp_path):
-    from train.loop import train
+    from train.loop.trainer import train
     cfg = tiny(tmp_path / "run", "train.steps=8", "optim.lr=1e9", "optim.min_lr=1e9",
                "optim.warmup_steps=0", "optim.grad_clip=1e9", "train.on_nonfinite=skip")
     result = train(cfg, log=lambda *_: None)
@@ -127,7 +127,7 @@ def _cli(run_dir, steps, *extra):
 def _final_params(run_dir):
     from flax import nnx
     import jax
-    from train.run import load_run
+    from train.checkpoints.run import load_run
     _, _, model, step = load_run(run_dir)
     return step, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
@@ -202,7 +202,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_bench_train_recipe_times_the_whole_command(tmp_path):
     import yaml
-    from train.bench_train import bench_recipe, format_recipe
+    from train.bench.training import bench_recipe, format_recipe
     config = tmp_path / "tiny.yaml"
     cfg = {}
     for item in TINY:
@@ -229,7 +229,7 @@ def test_bench_train_recipe_times_the_whole_command(tmp_path):
 def test_bench_train_pairs_identical_models(tmp_path):
     """`energy-attn bench train` compares like with like: same init and batches, so the
     energy model and the dot_product_attention model end at the same loss."""
-    from train.bench_train import bench_train, format_report
+    from train.bench.training import bench_train, format_report
     res = bench_train(tiny(tmp_path), steps=3, rounds=2, log=lambda *_: None)
     assert res["energy"]["steps"] == res["dot_product_attention"]["steps"] == 1 + 2 * 2
     assert res["loss_gap"] < 1e-5
@@ -241,6 +241,6 @@ def test_step_flops_is_xlas_count_of_the_step():
     import jax
     import jax.numpy as jnp
 
-    from train.throughput import step_flops
+    from train.loop.throughput import step_flops
     f = jax.jit(lambda a, b: a @ b)
     assert step_flops(f, jnp.ones((64, 32)), jnp.ones((32, 16))) == 2 * 64 * 32 * 16

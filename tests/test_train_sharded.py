@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from train.config import load_config
-from train.distributed import distributed_settings
+from train.loop.distributed import distributed_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.max_seq_len=64",
@@ -28,14 +28,14 @@ def losses(run_dir):
 
 def train_losses(overrides, run_dir):
     """Train TINY + overrides in-process; the losses it logged."""
-    from train.loop import train
+    from train.loop.trainer import train
     train(load_config(None, [*TINY, *overrides, f"train.run_dir={run_dir}"]), log=lambda *_: None)
     return losses(run_dir)
 
 
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
-    from train.loop import train
+    from train.loop.trainer import train
     run = tmp_path_factory.mktemp("one") / "run"
     train(load_config(None, [*TINY, f"train.run_dir={run}"]), log=lambda *_: None)
     return losses(run)
@@ -44,7 +44,7 @@ def one_device(tmp_path_factory):
 @pytest.mark.parametrize("mesh", [["mesh.data=2", "mesh.seq=4"],                   # dual-chunk layout
                                   ["mesh.seq=8", "mesh.seq_layout=contiguous"]])
 def test_sequence_sharded_training_matches_one_device(tmp_path, one_device, mesh):
-    from train.loop import train
+    from train.loop.trainer import train
     train(load_config(None, [*TINY, *mesh, f"train.run_dir={tmp_path}"]), log=lambda *_: None)
     got = losses(tmp_path)
     assert len(got) == len(one_device) == 3
@@ -105,7 +105,7 @@ def test_train_cli_rejects_incomplete_distributed_flags(capsys):
 
 
 def test_sharded_step_benchmark_compares_like_with_like():
-    from train.bench_sharded import bench_sharded_step, format_report
+    from train.bench.sharded import bench_sharded_step, format_report
     res = bench_sharded_step(["data.seq_len=64", "model.max_seq_len=64", "model.d_model=32",
                               "model.num_heads=2", "mesh.seq=4"], steps=2, log=lambda *_: None)
     assert res["loss_gap"] < 1e-5                  # same init, same batches, same losses

@@ -14,7 +14,8 @@ from flax import nnx
 
 import energy_attn as ea
 from models import AttentionConfig, ModelConfig, build_model, num_params
-from models.config import SSMConfig, ZambaConfig
+from models.mamba import SSMConfig
+from models.zamba import SharedBlockConfig, ZambaConfig
 from models.layers import mlp_hidden
 from models.zamba import Zamba, lora_targets, shared_sites
 from tests.test_mamba import mixer_params
@@ -24,10 +25,10 @@ VOCAB, T = 32, 12
 
 
 def config(kind="mamba1", attention=None, **zamba) -> ModelConfig:
-    return ModelConfig(name="zamba", vocab_size=VOCAB, max_seq_len=16, d_model=16, num_layers=4,
+    return ZambaConfig(vocab_size=VOCAB, max_seq_len=16, d_model=16, num_layers=4,
                        num_heads=2, attention=attention or AttentionConfig(),
                        ssm=SSMConfig(kind=kind, state_dim=4, chunk_size=8, head_dim=8),
-                       zamba=ZambaConfig(**zamba))
+                       zamba=SharedBlockConfig(**zamba))
 
 
 def tokens(seed, batch=2, length=T):
@@ -144,8 +145,8 @@ def test_every_registered_energy_plugs_in(energy):
 
 # ------------------------------------------------------------------ training and config
 def test_training_lowers_the_loss_and_checkpoint_stores_shared_weights_once(tmp_path):
-    from train.loop import train
-    from train.run import load_run
+    from train.loop.trainer import train
+    from train.checkpoints.run import load_run
     run = tmp_path / "run"
     # one Mamba-2 layer fed by the shared block: the smallest zamba (Mamba-1's scan compiles slower)
     overrides = ["model.name=zamba", "model.num_layers=1", "model.zamba.shared_every=1",

@@ -5,9 +5,13 @@ with dotted command-line overrides such as `model.num_layers=4`.
 
 `load_config` checks every value against its field's type and every option
 combination (`validate`, MaxText-style: one specific message per problem).
-`dump_yaml` writes the resolved config; `config_reference()` is the key table. Each
-model's own section (model.ssm, model.bst, model.energy_transformer) is checked by the
-model's module, through the check it registers with its builder (models/registry.py).
+`dump_yaml` writes the resolved config; `config_reference()` is the key table.
+
+`model` holds the config class of the model it names (models/registry.py): a ModelConfig
+for the transformer, a ZambaConfig (+ model.ssm, model.zamba), a BSTConfig (+ model.bst),
+an EnergyTransformerConfig (+ model.energy_transformer). Setting model.name picks the
+class; a section of another model is an error that names its model. The model config
+checks itself (`ModelConfig.errors`); `validate` adds the rules of the other sections.
 
 Why plain dataclasses and not draccus, pydantic or OmegaConf: the errors users see are
 the point. This loader names the full dotted key with a did-you-mean for unknown keys,
@@ -34,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from models.config import AttentionConfig, ModelConfig  # noqa: F401  (re-exported)
+from models.config import AttentionConfig, ModelConfig, one_of  # noqa: F401  (AttentionConfig: re-exported)
 
 
 @dataclass
@@ -157,7 +161,7 @@ def load_config(path: str | None, overrides: Sequence[str] | None = (), *,
 
 # =========================================================================== one run, one experiment
 # A run directory holds one experiment. These keys define it: a run continued with any of
-# them changed would mix two experiments (train/run_record.py refuses that). The others
+# them changed would mix two experiments (train/checkpoints/run_record.py refuses that). The others
 # (where and how often to log, evaluate, checkpoint; the device mesh; micro-batching, which
 # computes the same step) can change between sessions of one run.
 
@@ -208,6 +212,9 @@ def derived_run_dir(base: str, before: Mapping, after: Mapping) -> str:
     runs/default. Overrides that change nothing, or only how the run is logged or
     checkpointed, keep `base`."""
     old, new = flat_dict(before), flat_dict(after)
+    # A key that only exists since model.name picked another model's config class counts
+    # as changed if it differs from that class's default.
+    old = {**flat_dict({"model": to_dict(model_config_class(new.get("model.name", ""))())}), **old}
     changed = [k for k in new if defines_experiment(k) and old.get(k, _MISSING) != new[k]]
     if not changed:
         return base
@@ -275,6 +282,9 @@ def apply_overrides(cfg: Config, overrides: Sequence[str] | None) -> Config:
         overrides = ()
     elif isinstance(overrides, str):  # a lone string would be iterated character by character
         overrides = [overrides]
+    # model.name first: it picks the config class that the model's other keys belong to.
+    overrides = sorted(overrides, key=lambda item: item.partition("=")[0].strip().removeprefix("--")
+                       != "model.name")
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -304,11 +314,16 @@ _HINTS: dict[type, dict[str, Any]] = {}
 
 def _merge(obj, data: Mapping, prefix: str) -> None:
     """Merge a nested mapping into dataclass `obj` in place, field by field."""
+    if isinstance(obj, Config) and isinstance(data.get("model"), Mapping) and "name" in data["model"]:
+        _set_model_name(obj, data["model"]["name"])        # first: the name picks the model's class
     for k, v in data.items():
         key = f"{prefix}{k}"
         names = {f.name for f in dataclasses.fields(obj)}
         if not isinstance(k, str) or k not in names:
-            raise ValueError(_unknown_key_message(key, prefix))
+            if isinstance(obj, ModelConfig) and _old_default_section(obj, k, v):
+                continue
+            raise ValueError(_unknown_key_message(key, prefix, model=obj if isinstance(obj, ModelConfig)
+                                                  else None))
         tp = _hints(type(obj))[k]
         if dataclasses.is_dataclass(tp):
             if not isinstance(v, Mapping):
@@ -319,14 +334,62 @@ def _merge(obj, data: Mapping, prefix: str) -> None:
             setattr(obj, k, _coerce(v, tp, key))
 
 
+def _set_model_name(cfg: Config, value: Any, raw: str | None = None) -> None:
+    """Set model.name and give cfg.model its model's config class, keeping the shared fields
+    (and the sections both classes have); the old model's own sections are dropped."""
+    name = _coerce(value, str, "model.name", raw=raw)
+    cls = model_config_class(name)
+    old = cfg.model
+    if type(old) is not cls:
+        kept = {f.name: getattr(old, f.name) for f in dataclasses.fields(cls)
+                if f.name != "name" and hasattr(old, f.name)}
+        cfg.model = cls(**kept)
+    cfg.model.name = name
+
+
+def model_config_class(name: str) -> type[ModelConfig]:
+    """The config class of model `name` (ModelConfig for an unknown name: validate says why)."""
+    import models    # noqa: F401  (late: registers the zoo, which loads JAX; --help does not need it)
+    from models.registry import config_class
+    return config_class(name)
+
+
+def _model_classes() -> list[type[ModelConfig]]:
+    """ModelConfig and every registered model's config class."""
+    import models    # noqa: F401
+    from models.registry import CONFIG_CLASSES
+    return list(dict.fromkeys([ModelConfig, *CONFIG_CLASSES.values()]))
+
+
+def _section_owners(section: str) -> list[str]:
+    """Registered models whose config class adds `section` (model.ssm -> ['zamba'])."""
+    from models.registry import CONFIG_CLASSES
+    return sorted(n for n, cls in CONFIG_CLASSES.items() if section in cls.own_sections)
+
+
+def _old_default_section(model: ModelConfig, section: Any, value: Any) -> bool:
+    """Whether `section` is another model's section at its defaults. Configs written before
+    each model had its own config class hold every model's sections; those load as before."""
+    for cls in _model_classes():
+        if section in cls.own_sections and isinstance(value, Mapping):
+            defaults = flat_dict(to_dict(getattr(cls(), section)))
+            given = flat_dict(value)
+            return all(k in defaults and defaults[k] == v for k, v in given.items())
+    return False
+
+
 def _set_dotted(cfg: Config, key: str, value: Any, raw: str) -> None:
     parts = key.split(".")
+    if key == "model.name":
+        _set_model_name(cfg, value, raw)
+        return
     obj, prefix = cfg, ""
     for i, name in enumerate(parts):
         full = prefix + name
         names = {f.name for f in dataclasses.fields(obj)}
         if name not in names:
-            raise ValueError(_unknown_key_message(full, prefix, parts[i + 1:]))
+            raise ValueError(_unknown_key_message(full, prefix, parts[i + 1:],
+                                                  model=obj if isinstance(obj, ModelConfig) else None))
         tp = _hints(type(obj))[name]
         rest = parts[i + 1:]
         if dataclasses.is_dataclass(tp):
@@ -334,7 +397,10 @@ def _set_dotted(cfg: Config, key: str, value: Any, raw: str) -> None:
                 if not isinstance(value, Mapping):
                     raise ValueError(f"config key {full!r} is a section ({tp.__name__}); expected a "
                                      f"mapping such as {{key: value}}, got {raw!r}")
-                _merge(getattr(obj, name), value, full + ".")
+                if obj is cfg:
+                    _merge(cfg, {name: value}, "")       # `model={name: zamba, ...}` picks the class
+                else:
+                    _merge(getattr(obj, name), value, full + ".")
                 return
             obj, prefix = getattr(obj, name), full + "."
             continue
@@ -355,13 +421,19 @@ def _set_dotted(cfg: Config, key: str, value: Any, raw: str) -> None:
                          f"cannot set {key!r}")
 
 
-def _unknown_key_message(key: str, prefix: str, rest: Sequence[str] = ()) -> str:
+def _unknown_key_message(key: str, prefix: str, rest: Sequence[str] = (),
+                         model: ModelConfig | None = None) -> str:
     """`unknown config key 'model.num_layer'; did you mean 'model.num_layers'?`
 
     `key` is the path up to the unknown name, `prefix` its parent path (with the dot),
-    `rest` the override's remaining parts ("modle.num_layers": key "modle", rest ["num_layers"])."""
-    keys = all_keys()
+    `rest` the override's remaining parts ("modle.num_layers": key "modle", rest ["num_layers"]);
+    `model` the model config the key was looked up in."""
     leaf = key.rsplit(".", 1)[-1]
+    owners = _section_owners(leaf) if model is not None and prefix == "model." else []
+    if owners:
+        return (f"config key {key!r} is a setting of model.name={' or '.join(map(repr, owners))}, "
+                f"and this config's model is {model.name!r}; set model.name={owners[0]} (or drop {key})")
+    keys = all_keys()
     by_leaf: dict[str, list[str]] = {}
     for k in keys:
         by_leaf.setdefault(k.rsplit(".", 1)[-1], []).append(k)
@@ -392,22 +464,33 @@ def _unknown_key_message(key: str, prefix: str, rest: Sequence[str] = ()) -> str
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted key, sections included: ['model', 'model.name', ..., 'logging.progress_bar']."""
+    """Every dotted key, sections included: ['model', 'model.name', ..., 'logging.progress_bar'].
+    Under `model`: the keys of every registered model's config class."""
     out = []
     for f in dataclasses.fields(cls):
         tp = _hints(cls)[f.name]
         out.append(prefix + f.name)
-        if dataclasses.is_dataclass(tp):
+        if tp is ModelConfig:
+            model_keys = [all_keys(c, prefix + f.name + ".") for c in _model_classes()]
+            out.extend(dict.fromkeys(k for keys in model_keys for k in keys))
+        elif dataclasses.is_dataclass(tp):
             out.extend(all_keys(tp, prefix + f.name + "."))
     return out
 
 
 def _field_type(key: str) -> Any:
     """The annotation of dotted `key` (a valid key from `all_keys`)."""
-    cls, *path, name = [Config, *key.split(".")]
-    for part in path:
-        cls = _hints(cls)[part]
-    return _hints(cls)[name]
+    if "." not in key:
+        return _hints(Config)[key]
+    section, *path, name = key.split(".")
+    for cls in (_model_classes() if section == "model" else [_hints(Config)[section]]):
+        try:
+            for part in path:
+                cls = _hints(cls)[part]
+            return _hints(cls)[name]
+        except KeyError:
+            continue
+    raise KeyError(key)
 
 
 def _type_name(tp) -> str:
@@ -512,24 +595,14 @@ def _plain(v: Any) -> Any:
 # =========================================================================== validation
 
 DATA_SOURCES = ("builtin", "text", "hf", "cache")
-MLPS = ("swiglu", "gelu")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
-
-
-def _one_of(key: str, value: Any, allowed: Sequence[str]) -> str | None:
-    if value in allowed:
-        return None
-    close = difflib.get_close_matches(str(value), list(allowed), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{key}={value!r} is not one of {', '.join(map(repr, allowed))}{hint}"
 
 
 def validate(cfg: Config) -> Config:
     """Raise one ValueError listing every invalid option or combination; return `cfg` if none.
     Each message names the keys involved and what would fix it."""
-    m, a, d, o, t = cfg.model, cfg.model.attention, cfg.data, cfg.optim, cfg.train
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     errors: list[str] = []
 
     def need(ok: bool, msg: str):
@@ -539,44 +612,15 @@ def validate(cfg: Config) -> Config:
     def positive(key: str, value, minimum=1):
         need(value >= minimum, f"{key} must be >= {minimum}, got {value}")
 
-    # --- model
-    errors.append(_check_model_name(m.name))
+    # --- model: its config class checks itself (models/config.py and the model's module)
+    errors.append(_check_model_name(m.name, m))
     errors.append(_check_shardable(m.name, cfg.mesh.seq))
-    for key in ("vocab_size", "max_seq_len", "d_model", "num_layers", "num_heads"):
-        positive(f"model.{key}", getattr(m, key))
-    if m.num_heads >= 1 and m.d_model >= 1:
-        need(m.d_model % m.num_heads == 0,
-             f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads} "
-             "(each head gets d_model // num_heads features)")
-        head_dim = m.d_model // m.num_heads
-        need(not (a.rope and m.d_model % m.num_heads == 0 and head_dim % 2),
-             f"RoPE rotates pairs of features, so the head dim d_model/num_heads = {head_dim} "
-             "must be even (change model.d_model/model.num_heads or set model.attention.rope=false)")
-    if a.num_kv_heads is not None:
-        positive("model.attention.num_kv_heads", a.num_kv_heads)
-        if a.num_kv_heads >= 1 and m.num_heads >= 1:
-            need(m.num_heads % a.num_kv_heads == 0,
-                 f"model.num_heads={m.num_heads} is not divisible by model.attention.num_kv_heads="
-                 f"{a.num_kv_heads} (grouped-query attention shares each K/V head across a whole "
-                 "group of query heads)")
-    errors.append(_one_of("model.mlp", m.mlp, MLPS))
-    errors.append(_one_of("model.compute_dtype", m.compute_dtype, COMPUTE_DTYPES))
-    need(m.mlp_ratio > 0, f"model.mlp_ratio must be > 0, got {m.mlp_ratio}")
-    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
-    need(m.norm_eps > 0, f"model.norm_eps must be > 0, got {m.norm_eps}")
-    need(a.rope_base > 0, f"model.attention.rope_base must be > 0, got {a.rope_base}")
-    errors.extend(_check_energy(m.name, a.energy, a.energy_params))
-    need(m.max_seq_len >= d.seq_len,
-         f"model.max_seq_len={m.max_seq_len} is shorter than data.seq_len={d.seq_len}; "
-         "the model could not embed the positions of a training sequence")
-    # The model's own section (model.ssm, model.bst, ...): checked by the model's module.
-    from models.registry import MODELS, model_config_errors    # late, as in _check_model_name
-    if m.name in MODELS and d.seq_len >= 1 and cfg.mesh.seq >= 1:
-        pieces = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" and cfg.mesh.seq > 1 else 1)
-        errors.extend(model_config_errors(m, seq_len=d.seq_len, seq_pieces=pieces))
+    shape_known = d.seq_len >= 1 and cfg.mesh.seq >= 1
+    pieces = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" and cfg.mesh.seq > 1 else 1)
+    errors.extend(m.errors(seq_len=d.seq_len if shape_known else None, seq_pieces=pieces if shape_known else 1))
 
     # --- data
-    errors.append(_one_of("data.source", d.source, DATA_SOURCES))
+    errors.append(one_of("data.source", d.source, DATA_SOURCES))
     need(not (d.source == "text" and not d.path),
          "data.source=text needs data.path (a local .txt/.jsonl/.parquet file or glob)")
     need(not (d.source == "hf" and not d.hf_path),
@@ -610,7 +654,7 @@ def validate(cfg: Config) -> Config:
     for key in ("sample_every", "sample_tokens", "top_k"):
         positive(f"train.{key}", getattr(t, key), minimum=0)
     need(t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}")
-    errors.append(_one_of("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE))
+    errors.append(one_of("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE))
     if o.grad_accum >= 1:
         need(t.batch_size % o.grad_accum == 0,
              f"train.batch_size={t.batch_size} is not divisible by optim.grad_accum={o.grad_accum} "
@@ -619,7 +663,7 @@ def validate(cfg: Config) -> Config:
     # --- mesh
     positive("mesh.data", cfg.mesh.data)
     positive("mesh.seq", cfg.mesh.seq)
-    errors.append(_one_of("mesh.seq_layout", cfg.mesh.seq_layout, ("dual_chunk", "contiguous")))
+    errors.append(one_of("mesh.seq_layout", cfg.mesh.seq_layout, ("dual_chunk", "contiguous")))
     if cfg.mesh.seq > 1 and d.seq_len >= 1:
         chunks = cfg.mesh.seq * (2 if cfg.mesh.seq_layout == "dual_chunk" else 1)
         need(d.seq_len % chunks == 0,
@@ -636,7 +680,7 @@ def validate(cfg: Config) -> Config:
     # --- checkpoint and logging
     positive("checkpoint.every", cfg.checkpoint.every)
     positive("checkpoint.keep", cfg.checkpoint.keep)
-    errors.append(_one_of("logging.wandb", cfg.logging.wandb, WANDB_MODES))
+    errors.append(one_of("logging.wandb", cfg.logging.wandb, WANDB_MODES))
     positive("logging.log_every", cfg.logging.log_every)
 
     errors = [e for e in errors if e]
@@ -657,37 +701,17 @@ def _check_shardable(name: str, seq: int) -> str | None:
     return f"model.name={name!r} cannot be sequence-sharded (mesh.seq={seq}); use mesh.seq=1"
 
 
-def _check_model_name(name: str) -> str | None:
+def _check_model_name(name: str, model: ModelConfig | None = None) -> str | None:
     from models.registry import MODELS as models    # late: the zoo loads JAX, which --help does not need
     if name in models:
+        cls = model_config_class(name)
+        if model is not None and not isinstance(model, cls):     # built in Python, not loaded
+            return (f"model.name={name!r} is configured by a {cls.__name__} ({cls.__module__}), "
+                    f"got a {type(model).__name__}")
         return None
     close = difflib.get_close_matches(name, list(models), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown model.name={name!r}{hint} (registered models: {', '.join(sorted(models))})"
-
-
-def _check_energy(model: str, energy: str, params: Mapping[str, Any]) -> list[str]:
-    import energy_attn
-    from models.registry import OWN_ENERGY_CHECK
-    if model in OWN_ENERGY_CHECK:      # e.g. the Energy Transformer's own energy
-        return []
-    names = energy_attn.available_energies()
-    if energy not in names:
-        close = difflib.get_close_matches(energy, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return [f"unknown energy model.attention.energy={energy!r}{hint} (registered: "
-                f"{', '.join(names)}; register your own with energy_attn.register_energy)"]
-    # Parameters are keyword arguments of the energy function: catch typos here, not inside jit.
-    try:
-        sig = inspect.signature(energy_attn.get_energy(energy))
-    except (TypeError, ValueError):
-        return []
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return []
-    accepted = [n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and n != "mask"]
-    unknown = [k for k in params if k not in accepted]
-    return [f"model.attention.energy_params.{k}: energy {energy!r} has no parameter {k!r} "
-            f"(its parameters: {', '.join(accepted) or 'none'})" for k in unknown]
 
 
 # =========================================================================== output
@@ -738,19 +762,25 @@ def config_reference() -> str:
 
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
 
-    def walk(cls: type, obj: Any, prefix: str):
+    def walk(cls: type, obj: Any, prefix: str, owner: str = ""):
         comments = _field_comments(cls)
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], value, prefix + f.name + ".")
+                walk(hints[f.name], value, prefix + f.name + ".", owner)
+                if hints[f.name] is ModelConfig:      # then each model's own sections
+                    for model_cls in _model_classes():
+                        default = model_cls()
+                        for section in model_cls.own_sections:
+                            walk(_hints(model_cls)[section], getattr(default, section),
+                                 f"{prefix}{f.name}.{section}.", f"({default.name} only) ")
                 continue
             type_str = f.type if isinstance(f.type, str) else _type_name(f.type)
             default = yaml.safe_dump(_plain(value), default_flow_style=True).strip()
             default = default.removesuffix("\n...").removesuffix("...").strip()
             rows.append(f"| `{prefix}{f.name}` | `{cell(type_str)}` | `{cell(default)}` | "
-                        f"{cell(comments.get(f.name, ''))} |")
+                        f"{cell(owner + comments.get(f.name, ''))} |")
 
     walk(Config, Config(), "")
     return "\n".join(rows) + "\n"

@@ -8,8 +8,8 @@ split, mean ± std, and each energy against softmax in a paired t-test over seed
 Two corpora: the built-in corpus (CPython's documentation, byte tokens, configs/default.yaml)
 and tiny-shakespeare (characters, configs/shakespeare_char.yaml, read from
 ../shared/data/tinyshakespeare.txt; skipped with a note if absent). Each corpus is one
-`energy-attn sweep` (train/sweep.py) over model.attention.energy x train.seed, so a killed
-run continues where it stopped when re-run; `energy-attn compare` (train/compare.py)
+`energy-attn sweep` (train/workflows/sweep.py) over model.attention.energy x train.seed, so a killed
+run continues where it stopped when re-run; `energy-attn compare` (train/workflows/compare.py)
 makes each corpus's table, curves and report in --out/<corpus>/; results.md and
 results.json in --out gather both tables. Checkpoints stay in --runs (runs/energy_zoo).
 """
@@ -28,10 +28,10 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 import energy_attn as ea  # noqa: E402
-from train import compare as cmp  # noqa: E402
-from train.evaluate import evaluate_run  # noqa: E402
-from train.paired_stats import paired_t  # noqa: E402
-from train.sweep import plan, run_sweep  # noqa: E402
+from train.workflows import compare as cmp  # noqa: E402
+from train.loop.evaluate import evaluate_run  # noqa: E402
+from train.workflows.paired_stats import paired_t  # noqa: E402
+from train.workflows.sweep import plan, run_sweep  # noqa: E402
 
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 

@@ -7,7 +7,7 @@ corpus rows for the same number of tokens.
 
 Configs: configs/transformer_small.yaml, configs/zamba_small.yaml, configs/bst_small.yaml.
 A model whose config is missing or whose name is not registered is skipped and
-listed as such. Each model trains in its own child process (`train.loop.train`),
+listed as such. Each model trains in its own child process (`train.loop.trainer.train`),
 so its peak RSS (resource.getrusage, ru_maxrss of that process: JAX runtime,
 compiled code, parameters, optimizer state and activations) is its own.
 Sequence length, batch size, steps and seed are forced equal for all models.
@@ -54,7 +54,7 @@ def overrides(args, name: str, runs: Path) -> list[str]:
 def child(config: str, extra: list[str], out_json: str) -> None:
     """Runs in the child process: train, then report the result and this process's peak RSS."""
     from train.config import load_config
-    from train.loop import train
+    from train.loop.trainer import train
     res = train(load_config(config, extra), log=lambda *a: print(*a, flush=True))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # Linux: KiB
     Path(out_json).write_text(json.dumps({"params": res.params, "val_loss": res.val_loss,

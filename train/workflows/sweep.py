@@ -16,7 +16,7 @@ after train() returns) and resumes unfinished ones from their checkpoints (the t
 auto-resume). `sweep.json` in the sweep folder records the grid and each run's status.
 
 One run at a time runs in this process; `--processes N` runs N at a time, each in a
-`python -m train.sweep RUN_DIR` subprocess that logs to RUN_DIR/train.log.
+`python -m train.workflows.sweep RUN_DIR` subprocess that logs to RUN_DIR/train.log.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from train import run_lock
+from train.checkpoints import run_lock
 
 POINT_FILE, DONE_FILE, MANIFEST = "sweep_point.json", "done.json", "sweep.json"
 EVALS_PER_RUN = 5          # the sweep's default: evaluations per run (unless train.eval_every is given)
@@ -154,7 +154,7 @@ def run_point(run_dir: str | Path, *, log=print, own_process: bool = False) -> d
     from dataclasses import asdict
 
     from train.config import load_config
-    from train.loop import train
+    from train.loop.trainer import train
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / POINT_FILE).read_text())
     cfg = load_config(spec["config"], spec["overrides"])
@@ -268,7 +268,7 @@ def run_sweep(points: list[Point], *, config: str | None = None, over=(), sets: 
                            time.perf_counter())
                     continue
                 logf = open(p.run_dir / "train.log", "a")
-                proc = subprocess.Popen([sys.executable, "-m", "train.sweep", str(p.run_dir),
+                proc = subprocess.Popen([sys.executable, "-m", "train.workflows.sweep", str(p.run_dir),
                                          str(os.getpid())], stdout=logf, stderr=subprocess.STDOUT)
                 running[proc] = (i, p, logf, time.perf_counter())
                 log(f"[{i}/{n}] {p.name}: {'resuming' if _has_checkpoint(p.run_dir) else 'starting'} "

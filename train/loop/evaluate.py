@@ -7,9 +7,9 @@ import jax
 import numpy as np
 
 from models import generate
-from train.data import build_data
-from train.loop import eval_metrics, evaluate
-from train.run import load_run
+from train.data.pipeline import build_data
+from train.loop.trainer import eval_metrics, evaluate
+from train.checkpoints.run import load_run
 
 
 def evaluate_run(run_dir, *, batches: int | str | None = None, which="latest") -> dict:

@@ -25,14 +25,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from energy_attn.sequence_sharding import SequenceSharding
 from models import build_model, generate, num_params
-from train.checkpoint import Checkpointer
+from train.checkpoints.checkpoint import Checkpointer
 from train.config import Config, OptimConfig, dump_yaml, to_dict
-from train.data import build_data
-from train.metrics import MetricsLogger, ProgressBar, read_metrics
-from train.run_lock import RunLock
-from train.run_record import (HISTORY, ConfigChanged, check_changes, config_changes,
+from train.data.pipeline import build_data
+from train.loop.metrics import MetricsLogger, ProgressBar, read_metrics
+from train.checkpoints.run_lock import RunLock
+from train.checkpoints.run_record import (HISTORY, ConfigChanged, check_changes, config_changes,
                               experiment_changes, record_changes)
-from train.throughput import matmul_peak_flops, step_flops
+from train.loop.throughput import matmul_peak_flops, step_flops
 
 
 class TrainingDiverged(RuntimeError):
@@ -481,5 +481,5 @@ def _write_samples(model, tokenizer, cfg: Config, run_dir: Path, step: int, log,
 
 def _plot_losses(run_dir: Path):
     """loss.png: train and val loss against step, from metrics.jsonl (compare's plot, one run)."""
-    from train.compare import plot_curves, summarize
+    from train.workflows.compare import plot_curves, summarize
     plot_curves([summarize(run_dir)], run_dir / "loss.png")

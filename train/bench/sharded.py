@@ -1,6 +1,6 @@
 """Sequence-sharded train step vs one device, same model and same global batch.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m train.bench_sharded
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m train.bench.sharded
 
 Both steps start from the same parameters and see the same batches; they take
 turns step by step. On simulated CPU devices the "devices" share two cores, so
@@ -19,8 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from models import build_model
 from train.config import load_config
-from train.data import build_data
-from train.loop import make_mesh, make_optimizer, make_train_step, sequence_layout, sequence_spec
+from train.data.pipeline import build_data
+from train.loop.trainer import make_mesh, make_optimizer, make_train_step, sequence_layout, sequence_spec
 
 DEFAULTS = ["model.num_layers=2", "model.d_model=128", "model.num_heads=4", "data.seq_len=2048",
             "model.max_seq_len=2048", "train.batch_size=2", "mesh.seq=8", "logging.wandb=disabled"]

@@ -1,6 +1,6 @@
 """Where documents come from: local files (.txt, .jsonl, .parquet), a streamed Hugging
-Face dataset, and the stable by-document validation rule. Used by train/data.py (batches
-for training) and train/token_cache.py (`energy-attn data prepare`).
+Face dataset, and the stable by-document validation rule. Used by train/data/pipeline.py (batches
+for training) and train/data/token_cache.py (`energy-attn data prepare`).
 
     docs = read_documents("shards/*.jsonl", text_column="text")
     ds = open_hf_stream(cfg.data)                  # datasets.IterableDataset, text column only
@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from train.config import DataConfig
-from train.tokenizer import offline_env
+from train.data.tokenizer import offline_env
 
 
 # Zyda (Zyphra/Zyda): facts the loader relies on. Token counts in the paper use the

@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Callable, Sequence
 
-from train.metrics import read_metrics
+from train.loop.metrics import read_metrics
 
 COLUMNS = [("run", "run"), ("energy", "energy"), ("params", "params"), ("step", "step"),
            ("val_loss", "final val loss"), ("bits_per_byte", "bits per byte"),

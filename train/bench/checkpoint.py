@@ -17,10 +17,10 @@ import jax
 from flax import nnx
 
 from models import build_model, num_params
-from train.checkpoint import Checkpointer, abstract_like, array_manifest, verify
+from train.checkpoints.checkpoint import Checkpointer, abstract_like, array_manifest, verify
 from train.config import Config
-from train.data import build_data
-from train.loop import _checkpoint_state, make_optimizer
+from train.data.pipeline import build_data
+from train.loop.trainer import _checkpoint_state, make_optimizer
 
 
 def _ms(fn) -> tuple[float, object]:

@@ -1,6 +1,6 @@
 """Metrics of a run: metrics.jsonl (always), Weights & Biases (when it works), a progress bar.
 
-(Named `metrics`, not `logging`: a `train/logging.py` would shadow the standard library
+(Named `metrics`, not `logging`: a `train/loop/logging.py` would shadow the standard library
 for every module in this package that does `import logging`.)
 
     <run_dir>/metrics.jsonl     one JSON object a line: {"step", "split", <metrics>..., "time"}

@@ -14,7 +14,7 @@ A cache directory holds, per split (train, val):
 and header.json (format, dtype, tokenizer spec, counts, split rule, source), plus
 tokenizer.json for a Hugging Face tokenizer, so training needs no network.
 
-The validation split is data.py's `is_validation` hash rule, so a cache holds out the
+The validation split is pipeline.py's `is_validation` hash rule, so a cache holds out the
 same documents as `data.source: text|hf` with the same val_fraction (streams: the first
 val_max_docs of them). A corpus with no document hashed to validation (a single file, as
 tinyshakespeare) holds out the last val_fraction of its tokens instead ("tail").
@@ -34,9 +34,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from train.config import DataConfig
-from train.batching import BatchIterator, ValBatches, too_few_tokens
-from train.sources import is_validation, open_hf_stream, read_jsonl, read_txt, resolve_files, text_value
-from train.tokenizer import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, build_tokenizer
+from train.data.batching import BatchIterator, ValBatches, too_few_tokens
+from train.data.sources import is_validation, open_hf_stream, read_jsonl, read_txt, resolve_files, text_value
+from train.data.tokenizer import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, build_tokenizer
 
 FORMAT, VERSION = "energy-attn-token-cache", 1
 SPLITS = ("train", "val")
@@ -49,7 +49,7 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
     """Documents of `cfg` in a fixed order, streamed: builtin, local files (parquet read in
     record batches, never whole) or a Hugging Face stream (unshuffled)."""
     if cfg.source == "builtin":
-        from train.corpus import builtin_documents
+        from train.data.corpus import builtin_documents
         yield from builtin_documents()
     elif cfg.source == "text":
         if not cfg.path:

@@ -1,8 +1,8 @@
-"""Token streams -> packed rows -> batches, for corpora held in memory (train/data.py's
-builtin and text sources, and train/token_cache.py's memory-mapped cache).
+"""Token streams -> packed rows -> batches, for corpora held in memory (train/data/pipeline.py's
+builtin and text sources, and train/data/token_cache.py's memory-mapped cache).
 
 A row is seq_len + 1 consecutive tokens: inputs = row[:-1], targets = row[1:], with
-segment ids and positions that restart after every EOS (see train/data.py). Iterators
+segment ids and positions that restart after every EOS (see train/data/pipeline.py). Iterators
 expose `state()` and `restore(state)` for exact resume.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from train.tokenizer import Tokenizer
+from train.data.tokenizer import Tokenizer
 
 
 Batch = dict[str, np.ndarray]

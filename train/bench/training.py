@@ -24,8 +24,8 @@ import energy_attn as ea
 from energy_attn.layer import EnergyAttention
 from models import build_model
 from train.config import Config
-from train.data import build_data
-from train.loop import make_optimizer, make_train_step
+from train.data.pipeline import build_data
+from train.loop.trainer import make_optimizer, make_train_step
 
 
 def _dpa_heads(self, q, k, v, mask, *, sharded: bool = True):

@@ -13,8 +13,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from models import build_model
-from train.loop import make_mesh, make_optimizer, make_train_step
-from train.token_cache import build_cache_data
+from train.loop.trainer import make_mesh, make_optimizer, make_train_step
+from train.data.token_cache import build_cache_data
 
 
 def benchmark(cfg, *, read_batches: int = 300, steps: int = 30, log=print) -> dict:

@@ -1,7 +1,7 @@
 """Data: documents -> tokens -> packed rows -> batches, deterministic and resumable.
 
 Sources (`data.source`):
-    builtin  the English prose that ships with Python (train/corpus.py); no download.
+    builtin  the English prose that ships with Python (train/data/corpus.py); no download.
     text     local files, `data.path` = a file, a directory or a glob:
              .txt      one document per file (bytes that are not UTF-8 are replaced with
                        U+FFFD, with one warning naming the file);
@@ -11,7 +11,7 @@ Sources (`data.source`):
              e.g. Zyphra/Zyda (see ZYDA). With `data.path` set it is passed as `data_files`,
              so `hf_path: parquet, path: shards/*.parquet` streams local files the same way.
     cache    a tokenized, memory-mapped cache (`data.cache_dir`) written by
-             `energy-attn data prepare`; see train/token_cache.py.
+             `energy-attn data prepare`; see train/data/token_cache.py.
 
 Validation split: by document, with a stable hash of the text (blake2b), so the same
 document is held out on every run and machine, whatever the seed. Streams hold out the
@@ -39,13 +39,13 @@ from typing import Iterator
 
 import numpy as np
 
-from train.batching import (Batch, BatchIterator, ValBatches, pack_rows, plural, state_ints,  # noqa: F401
+from train.data.batching import (Batch, BatchIterator, ValBatches, pack_rows, plural, state_ints,  # noqa: F401
                             too_few_tokens, tokenize_documents)
 from train.config import DataConfig
-from train.sources import (TEXT_SUFFIXES, ZYDA, DataWarning, is_validation, open_hf_stream,  # noqa: F401
+from train.data.sources import (TEXT_SUFFIXES, ZYDA, DataWarning, is_validation, open_hf_stream,  # noqa: F401
                            read_documents, row_text)
-from train.token_cache import build_cache_data
-from train.tokenizer import Tokenizer, build_tokenizer
+from train.data.token_cache import build_cache_data
+from train.data.tokenizer import Tokenizer, build_tokenizer
 
 
 def _tail_cut(num_tokens: int, val_fraction: float) -> int:
@@ -289,11 +289,11 @@ def build_data(cfg: DataConfig, *, batch_size: int, seed: int, process_index: in
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if cfg.source == "hf":
         return _build_stream(cfg, batch_size, seed, process_index, process_count)
-    if cfg.source == "cache":            # a tokenized, memory-mapped cache (train/token_cache.py)
+    if cfg.source == "cache":            # a tokenized, memory-mapped cache (train/data/token_cache.py)
         return build_cache_data(cfg, batch_size=batch_size, seed=seed,
                                 process_index=process_index, process_count=process_count)
     if cfg.source == "builtin":
-        from train.corpus import builtin_documents
+        from train.data.corpus import builtin_documents
         docs = builtin_documents()
     elif cfg.source == "text":
         if not cfg.path:

@@ -7,9 +7,9 @@ from pathlib import Path
 from flax import nnx
 
 from models import build_model
-from train.checkpoint import Checkpointer, path_str
+from train.checkpoints.checkpoint import Checkpointer, path_str
 from train.config import Config, load_config
-from train.tokenizer import CharTokenizer, build_tokenizer
+from train.data.tokenizer import CharTokenizer, build_tokenizer
 
 
 class RunNotFound(FileNotFoundError):
@@ -59,6 +59,6 @@ def _tokenizer(cfg: Config, meta: dict):
         return CharTokenizer.from_dict(saved)
     if cfg.data.source == "cache" and cfg.data.cache_dir:
         # The cache keeps its own tokenizer copy: eval/sample work offline, like training.
-        from train.token_cache import TokenCache
+        from train.data.token_cache import TokenCache
         return TokenCache(cfg.data.cache_dir).tokenizer(cfg.data.tokenizer)
     return build_tokenizer(cfg.data.tokenizer)
