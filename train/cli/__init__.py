@@ -75,7 +75,9 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else 0
     restore = None if debug else _quiet()
     from train.loop.compile_cache import use_compile_cache
+    from train.loop.cpu_flags import use_cpu_flags
     use_compile_cache()          # before any handler imports JAX
+    use_cpu_flags()              # before JAX starts its CPU backend
     try:
         return args.handler(args)
     except CLIError as e:
