@@ -19,16 +19,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 import energy_attn as ea
+from energy_attn.timing import summary, take_turns, time_call
 
 # Targets (reported, not asserted).
 FWD_RATIO_TARGET = 0.6        # softmax energy / dot_product_attention, forward
@@ -59,33 +58,17 @@ def _stderr(msg: str):
 
 def measure(fn: Callable, *args, repeats: int) -> dict:
     """First call compiles (and runs once); then `repeats` timed calls."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return {"min_s": min(times), "median_s": statistics.median(times), "compile_s": compile_s}
+    compile_s = time_call(lambda: fn(*args))[0]
+    times = take_turns({"fn": lambda: fn(*args)}, repeats)["fn"]
+    return {**summary(times), "compile_s": compile_s}
 
 
 def measure_pair(fn_a: Callable, fn_b: Callable, *args, repeats: int) -> tuple[dict, dict]:
-    """Like `measure`, alternating the two functions call by call, so that a change
-    in machine load (other processes on a shared 2-core box) hits both alike."""
-    compile_s = []
-    for fn in (fn_a, fn_b):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        compile_s.append(time.perf_counter() - t0)
-    times = ([], [])
-    for _ in range(repeats):
-        for fn, ts in zip((fn_a, fn_b), times):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            ts.append(time.perf_counter() - t0)
-    return tuple({"min_s": min(ts), "median_s": statistics.median(ts), "compile_s": c}
-                 for ts, c in zip(times, compile_s))
+    """Like `measure`, the two functions taking turns call by call, so that a change in
+    machine load (other processes on a shared 2-core box) hits both alike."""
+    compile_s = [time_call(lambda fn=fn: fn(*args))[0] for fn in (fn_a, fn_b)]
+    times = take_turns({"a": lambda: fn_a(*args), "b": lambda: fn_b(*args)}, repeats)
+    return tuple({**summary(ts), "compile_s": c} for ts, c in zip(times.values(), compile_s))
 
 
 def _inputs(b, t, h, d, seed=0):

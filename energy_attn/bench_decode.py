@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -123,6 +122,7 @@ def measure(*, tokens: int, heads: int, head_dim: int, batch: int, devices: int,
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
 
+    from energy_attn.timing import paired_median, summary, take_turns
     from energy_attn.tree.hlo import collective_stats, memory_stats
 
     if tokens % devices:
@@ -169,18 +169,16 @@ def measure(*, tokens: int, heads: int, head_dim: int, batch: int, devices: int,
             comm_by_kind={kd: a for kd, a in comm["by_kind"].items() if a["count"]},
             comm_notes=comm["notes"], memory=mem, times_s=[])
 
-    for r in range(rounds):              # alternate the methods call by call
-        for name in methods:
-            t0 = time.perf_counter()
-            jax.block_until_ready(steps[name](*args))
-            res["methods"][name]["times_s"].append(time.perf_counter() - t0)
-        log(f"  round {r + 1}/{rounds}: " + ", ".join(
-            f"{n} {res['methods'][n]['times_s'][-1] * 1e3:.0f} ms" for n in methods))
+    times = take_turns(            # the methods take turns call by call
+        {name: (lambda step=steps[name]: step(*args)) for name in methods}, rounds,
+        on_round=lambda r, t: log(f"  round {r + 1}/{rounds}: "
+                                  + ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in t.items())))
     for name, m in res["methods"].items():
-        m["median_s"] = statistics.median(m["times_s"])
-        m["min_s"] = min(m["times_s"])
+        m["times_s"] = times[name]
+        m.update(summary(times[name]))
         if name != "tree" and "tree" in outputs:   # independent implementations must agree
             m["max_abs_diff_vs_tree"] = float(np.abs(outputs[name] - outputs["tree"]).max())
+            m["tree_over_this_paired"] = paired_median(times["tree"], times[name])   # same rounds
     if "tree" in methods:
         # The tree's communication must not grow with the cache: compile it for twice the
         # tokens (shapes only, nothing allocated) and read its collectives again.
@@ -227,8 +225,8 @@ def targets(res: dict) -> list[dict]:
     t, r, g = m.get("tree"), m.get("ring"), m.get("allgather")
     get = lambda x, *keys: None if x is None else _dig(x, keys)
     return [
-        row("tree / all-gather partials (median time; same local work)",
-            ratio(get(t, "median_s"), get(g, "median_s")), "<=", VS_ALLGATHER),
+        row("tree / all-gather partials (median of per-round ratios; same local work)",
+            get(g, "tree_over_this_paired"), "<=", VS_ALLGATHER),
         row("tree bytes sent at 2x the tokens / at 1x (constant in T)",
             ratio(res.get("tree_wire_bytes_at_double_tokens"), get(t, "comm_wire_bytes")), "<=", 1.0),
         row("ring / tree communication (wire bytes per device)",

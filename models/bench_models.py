@@ -17,10 +17,11 @@ and its ratio to the transformer's): with width d and L = `num_layers`,
                  is 4x slower on CPU (`python -c "from models.bench_models import
                  mamba_layers; mamba_layers()"`).
 
-Time: one train step = forward + backward + AdamW, jitted once per (model, T). The
-lengths of one model are timed in interleaved rounds (T1, T2, ..., T1, T2, ...), so a
-load change on the machine hits every length alike; a length's time is its fastest
-round, the least disturbed one. Memory: XLA's own account of the compiled step,
+Time: one train step = forward + backward + AdamW, jitted once per (model, T). Every
+model at every length is compiled first, then timed in rounds that visit each once, so a
+load change on the machine hits them alike; a time is the fastest round (the least
+disturbed), and each model's ratio to the transformer is also given as the median over
+rounds of that round's ratio. Memory: XLA's own account of the compiled step,
 `memory_analysis()` temp + argument bytes (activations and workspace, plus
 parameters, optimizer state and the batch), independent of allocator history.
 
@@ -40,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from energy_attn.timing import paired_median, take_turns
 
 from .bst import BlockStateTransformer, BSTConfig, BSTLayerConfig
 from .config import ModelConfig
@@ -90,8 +93,8 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def compile_step(cfg: ModelConfig, *, batch: int):
-    """A jitted train step at cfg.max_seq_len and its compiled memory: (run, bytes).
-    run() takes one step and returns its wall time in seconds."""
+    """A jitted train step at cfg.max_seq_len: (run, compiled memory bytes, box). run()
+    takes one step and returns its loss (a device array); box["loss"] is the last one."""
     model = build_model(cfg, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
@@ -108,14 +111,12 @@ def compile_step(cfg: ModelConfig, *, batch: int):
     memory = None if mem is None else int(mem.temp_size_in_bytes + mem.argument_size_in_bytes)
     box = {"state": state}
 
-    def run() -> float:
-        t0 = time.perf_counter()
+    def run():
         loss, box["state"] = compiled(box["state"], tokens)
-        loss.block_until_ready()
-        box["loss"] = float(loss)
-        return time.perf_counter() - t0
+        box["loss"] = loss
+        return loss
 
-    run()                                          # warm-up
+    jax.block_until_ready(run())                   # warm-up
     return run, memory, box
 
 
@@ -137,10 +138,14 @@ def bench_models(*, models=ZOO, lengths=LENGTHS, d_model: int = 128, num_layers:
                  variant=variant)
     res = {"settings": dict(**shape, batch=batch, repeats=repeats,
                             shapes="zoo shapes" if configs is None else "the given configs",
-                            timing="fastest of the rounds, each round one step at every length",
+                            timing="fastest of the rounds, each round one step of every model at every length",
                             memory="XLA memory_analysis(): temp + argument bytes of the compiled step",
                             device=str(jax.devices()[0].platform)),
            "models": {}, "params": {}, "missing": []}
+    # Compile every (model, T) first, then time them in rounds that visit every model at
+    # every length: a load change on the machine hits all of them alike, and each round
+    # gives a paired ratio to the transformer.
+    runs = {}
     for name in models:
         if name not in MODELS:
             log(f"[bench models] {name}: not registered here, skipped")
@@ -151,23 +156,26 @@ def bench_models(*, models=ZOO, lengths=LENGTHS, d_model: int = 128, num_layers:
         else:
             configs_at = {t: configs[name].replace(max_seq_len=t) for t in lengths}
         res["params"][name] = parameter_count(configs_at[lengths[0]])
-        runs, rows = {}, {}
-        res["models"][name] = rows
         for t, cfg in configs_at.items():
             t0 = time.perf_counter()
-            runs[t] = compile_step(cfg, batch=batch)
-            log(f"[bench models] {name:12s} T={t:6d}: compiled, memory {_mib(runs[t][1])} "
+            runs[name, t] = compile_step(cfg, batch=batch)
+            log(f"[bench models] {name:12s} T={t:6d}: compiled, memory {_mib(runs[name, t][1])} "
                 f"({time.perf_counter() - t0:.0f} s with a warm-up step)")
-        times = {t: [] for t in lengths}
-        for r in range(repeats):
-            for t in lengths:
-                times[t].append(runs[t][0]())
-            log(f"[bench models] {name:12s} round {r + 1}/{repeats}: "
-                + ", ".join(f"T={t} {times[t][-1] * 1e3:.0f} ms" for t in lengths))
+    names = list(res["params"])
+
+    def progress(r, seconds):
+        log(f"[bench models] round {r + 1}/{repeats}: " + "; ".join(
+            f"{name} " + ", ".join(f"T={t} {seconds[name, t] * 1e3:.0f} ms" for t in lengths)
+            for name in names))
+    times = take_turns({key: run for key, (run, _, _) in runs.items()}, repeats, on_round=progress)
+    for name in names:
+        rows = res["models"][name] = {}
         for t in lengths:
-            rows[t] = {"step_s": min(times[t]), "step_s_all": times[t], "memory_bytes": runs[t][1],
-                       "loss": runs[t][2]["loss"]}
-        del runs
+            rows[t] = {"step_s": min(times[name, t]), "step_s_all": times[name, t],
+                       "memory_bytes": runs[name, t][1], "loss": float(runs[name, t][2]["loss"])}
+            if "transformer" in names and name != "transformer":
+                rows[t]["paired_ratio_median"] = paired_median(times[name, t], times["transformer", t])
+    del runs
     res["growth"] = growth(res["models"], GROWTH_FROM, GROWTH_TO)
     res["at_longest"] = versus_transformer(res["models"], GROWTH_TO)
     return res
@@ -239,7 +247,11 @@ def format_report(res: dict) -> str:
         cells = [f"{rows[t]['step_s'] / base_rows[t]['step_s']:.2f}x" if t in rows and t in base_rows
                  else "-" for t in lengths]
         lines.append(f"{name + '/tr':12s} " + " ".join(f"{c:>20s}" for c in cells)
-                     + "   (step time over the transformer's)")
+                     + "   (fastest step over the transformer's fastest)")
+        cells = [f"{rows[t]['paired_ratio_median']:.2f}x" if "paired_ratio_median" in rows.get(t, {})
+                 else "-" for t in lengths]
+        lines.append(f"{'':12s} " + " ".join(f"{c:>20s}" for c in cells)
+                     + "   (median over rounds of the same round's ratio)")
     for name in res["missing"]:
         lines.append(f"{name:12s} not registered in this checkout: skipped")
     g = res["growth"]

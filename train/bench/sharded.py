@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from energy_attn.timing import paired_median, take_turns
 from models import build_model
 from train.config import load_config
 from train.data.pipeline import build_data
@@ -47,22 +47,24 @@ def bench_sharded_step(overrides=(), *, steps: int = 8, log=lambda m: print(m, f
         put = lambda b, layout=layout, sharding=sharding: jax.device_put(  # noqa: E731
             {k: v[..., layout] if layout is not None else v for k, v in b.items()}, sharding)
         runs[name] = dict(model=model, optimizer=optimizer, step=make_train_step(1), put=put,
-                          times=[], losses=[])
+                          losses=[])
     log(f"bench sharded step: {cfg.model.num_layers} layers, d_model {cfg.model.d_model}, batch "
         f"{cfg.train.batch_size} x {cfg.data.seq_len} tokens, mesh data={cfg.mesh.data} seq={cfg.mesh.seq} "
         f"({cfg.mesh.seq_layout}); compiling …")
-    for i, batch in enumerate(data):
-        for r in runs.values():
-            b = r["put"](batch)
-            t0 = time.perf_counter()
-            loss, _ = r["step"](r["model"], r["optimizer"], b)
-            r["losses"].append(float(loss))
-            if i > 0:                               # step 0 compiles
-                r["times"].append(time.perf_counter() - t0)
+
+    def run_step(r, batch):
+        loss, _ = r["step"](r["model"], r["optimizer"], r["put"](batch))
+        r["losses"].append(float(loss))            # waits for the step
+
+    for r in runs.values():
+        run_step(r, data[0])                       # compile
+    batches = {name: iter(data[1:]) for name in runs}
+    times = take_turns({name: (lambda r=r, it=batches[name]: run_step(r, next(it))) for name, r in runs.items()},
+                       len(data) - 1)
     names = list(runs)
-    res = {n: dict(median_ms=1e3 * statistics.median(runs[n]["times"]), final_loss=runs[n]["losses"][-1])
+    res = {n: dict(median_ms=1e3 * statistics.median(times[n]), final_loss=runs[n]["losses"][-1])
            for n in names}
-    res["ratio"] = res[names[1]]["median_ms"] / res[names[0]]["median_ms"]
+    res["ratio"] = paired_median(times[names[1]], times[names[0]])
     res["loss_gap"] = max(abs(a - b) for a, b in zip(runs[names[0]]["losses"], runs[names[1]]["losses"]))
     res["names"] = names
     return res

@@ -22,6 +22,7 @@ from flax import nnx
 
 import energy_attn as ea
 from energy_attn.layer import EnergyAttention
+from energy_attn.timing import paired_median, take_turns
 from models import build_model
 from train.config import Config
 from train.data.pipeline import build_data
@@ -49,33 +50,33 @@ def bench_train(cfg: Config, *, steps: int = 60, rounds: int = 2,
         model = build_model(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed, dropout=cfg.train.seed + 1))
         optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
         runs[name] = dict(model=model, optimizer=optimizer, step=make_train_step(accum), patch=patch,
-                          times=[], losses=[])
+                          losses=[])
 
-    def run_step(r, batch, timed):
+    def run_step(r, batch):
         with r["patch"]:
-            t0 = time.perf_counter()
             loss, _ = r["step"](r["model"], r["optimizer"], batch)
-            loss = float(loss)              # waits for the step
-            if timed:
-                r["times"].append(time.perf_counter() - t0)
-            r["losses"].append(loss)
+            r["losses"].append(float(loss))     # waits for the step
 
     log(f"bench train: {cfg.model.num_layers} layers, d_model {cfg.model.d_model}, "
         f"batch {cfg.train.batch_size} x {cfg.data.seq_len} tokens, {steps} steps each, "
         f"taking turns step by step ({rounds} passes); compiling …")
     for r in runs.values():
-        run_step(r, data[0], timed=False)          # compile
-    for i in range(rounds):
-        for batch in data[1:]:
-            for r in runs.values():
-                run_step(r, batch, timed=True)
-        log(f"  pass {i + 1}/{rounds} done")
+        run_step(r, data[0])                       # compile
+    per_pass = len(data) - 1
+    batches = {name: iter(data[1:] * rounds) for name in runs}
+
+    def progress(i, _):
+        if (i + 1) % per_pass == 0:
+            log(f"  pass {(i + 1) // per_pass}/{rounds} done")
+    times = take_turns({name: (lambda r=r, it=batches[name]: run_step(r, next(it))) for name, r in runs.items()},
+                       rounds * per_pass, on_round=progress)
+    for name, r in runs.items():
+        r["times"] = times[name]
     res = {}
     for name, r in runs.items():
         res[name] = dict(median_ms=1e3 * statistics.median(r["times"]), min_ms=1e3 * min(r["times"]),
                          final_loss=r["losses"][-1], steps=len(r["losses"]))
-    paired = [e / d for e, d in zip(runs["energy"]["times"], runs["dot_product_attention"]["times"])]
-    res["ratio"] = statistics.median(paired)
+    res["ratio"] = paired_median(runs["energy"]["times"], runs["dot_product_attention"]["times"])
     res["ratio_of_medians"] = res["energy"]["median_ms"] / res["dot_product_attention"]["median_ms"]
     res["loss_gap"] = abs(res["energy"]["final_loss"] - res["dot_product_attention"]["final_loss"])
     return res
