@@ -37,12 +37,17 @@ def test_model_zoo_quick(tmp_path):
     land in the table; a model that fails to train would show up as skipped."""
     out = tmp_path / "model_zoo"
     subprocess.run([sys.executable, str(REPO / "papers" / "model_zoo" / "run.py"), "--quick", "--steps", "2",
-                    "--out", str(out)], check=True, cwd=REPO, capture_output=True, timeout=600)
+                    "--settings", "short", "--out", str(out)], check=True, cwd=REPO, capture_output=True,
+                   timeout=600)
     res = json.loads((out / "results.json").read_text())
-    assert set(res["models"]) == {"transformer", "zamba", "bst"}
-    for name, r in res["models"].items():
+    assert set(res) >= {"short"} and "long" not in res
+    models = res["short"]["models"]
+    assert set(models) == {"transformer", "zamba", "bst"}
+    for name, r in models.items():
         assert "skipped" not in r, f"{name}: {r.get('skipped')}"
         assert 0 < r["val_loss"] < 10 and r["params"] > 0 and r["peak_rss_bytes"] > 0
+        assert len(r["val_curve"]["seconds"]) == len(r["val_curve"]["loss"]) >= 1   # the wall-clock axis
+        assert all(sec > 0 for sec in r["val_curve"]["seconds"])
     readme = (out / "README.md").read_text()
-    assert all(f"| {name} |" in readme for name in res["models"])
+    assert all(f"| {name} |" in readme for name in models) and "**short**" in readme
     assert (out / "loss_curves.png").is_file()

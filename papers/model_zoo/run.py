@@ -1,9 +1,14 @@
 """The model zoo on equal terms: a transformer, the Zamba-like hybrid and the
 Block-State Transformer, each about 0.8M parameters, trained on the same built-in
-corpus rows for the same number of tokens.
+corpus rows for the same number of tokens, in two settings:
 
-    python papers/model_zoo/run.py            # full run (~15 min on 2 shared CPU cores)
-    python papers/model_zoo/run.py --quick    # smoke run, < 1 min of training (writes to papers/model_zoo/quick/)
+    short   T = 256,  16 rows x 1000 steps = 4.1M tokens per model
+    long    T = 2048,  2 rows x 1000 steps = 4.1M tokens per model (the hybrid's and the
+            BST's ground: long rows)
+
+    python papers/model_zoo/run.py                      # both settings (~45 min on 2 CPU cores)
+    python papers/model_zoo/run.py --settings long      # one of them
+    python papers/model_zoo/run.py --quick              # smoke run, < 2 min (writes to papers/model_zoo/quick/)
 
 Configs: configs/transformer_small.yaml, configs/zamba_small.yaml, configs/bst_small.yaml.
 A model whose config is missing or whose name is not registered is skipped and
@@ -12,7 +17,8 @@ so its peak RSS (resource.getrusage, ru_maxrss of that process: JAX runtime,
 compiled code, parameters, optimizer state and activations) is its own.
 Sequence length, batch size, steps and seed are forced equal for all models.
 
-Writes results.json, README.md's table (between the markers) and loss_curves.png to --out.
+Writes results.json, README.md's tables (between the markers) and loss_curves.png
+(validation loss against training tokens and against wall-clock seconds) to --out.
 """
 from __future__ import annotations
 
@@ -55,11 +61,12 @@ def child(config: str, extra: list[str], out_json: str) -> None:
     """Runs in the child process: train, then report the result and this process's peak RSS."""
     from train.config import load_config
     from train.loop.trainer import train
+    start = time.time()        # wall-clock axis of the curves: seconds since this process began training
     res = train(load_config(config, extra), log=lambda *a: print(*a, flush=True))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # Linux: KiB
     Path(out_json).write_text(json.dumps({"params": res.params, "val_loss": res.val_loss,
                                           "train_loss": res.train_loss, "wall_s": res.wall_s,
-                                          "peak_rss_bytes": peak}))
+                                          "peak_rss_bytes": peak, "start_time": start}))
 
 
 def run_model(args, name: str, runs: Path) -> dict:
@@ -91,28 +98,38 @@ def run_model(args, name: str, runs: Path) -> dict:
     tok = [r["tokens_per_s"] for r in train_rows[1:]] or [train_rows[0]["tokens_per_s"]]
     res.update(bits_per_byte=val_rows[-1].get("bits_per_byte"), tokens_per_s=statistics.median(tok),
                curve={"step": [r["step"] for r in train_rows], "loss": [r["loss"] for r in train_rows]},
-               val_curve={"step": [r["step"] for r in val_rows], "loss": [r["loss"] for r in val_rows]},
+               val_curve={"step": [r["step"] for r in val_rows], "loss": [r["loss"] for r in val_rows],
+                          "seconds": [r["time"] - res["start_time"] for r in val_rows]},
                config=f"configs/{name}_small.yaml")
     log(f"{name}: val loss {res['val_loss']:.4f}, {res['tokens_per_s']:.0f} tokens/s, "
         f"peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB, {res['wall_s']:.0f} s")
     return res
 
 
-def plot(results: dict, tokens_per_step: int, out: Path) -> str:
+def plot(by_setting: dict, out: Path) -> str:
+    """One row per setting: validation loss against training tokens, and against
+    wall-clock seconds of training (each model in its own process, one after another)."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for name, r in results.items():
-        if "curve" not in r:
-            continue
-        line, = ax.plot([s * tokens_per_step / 1e6 for s in r["curve"]["step"]], r["curve"]["loss"],
-                        label=f"{name} (train)", alpha=0.8)
-        ax.plot([s * tokens_per_step / 1e6 for s in r["val_curve"]["step"]], r["val_curve"]["loss"],
-                "o--", color=line.get_color(), label=f"{name} (val)")
-    ax.set_xlabel("training tokens (millions)")
-    ax.set_ylabel("cross-entropy (nats / byte token)")
-    ax.set_title("model zoo on the built-in corpus, equal tokens")
-    ax.legend()
+    fig = Figure(figsize=(10, 3.6 * len(by_setting)), layout="constrained")
+    axes = fig.subplots(len(by_setting), 2, squeeze=False)
+    for (setting, block), (ax_tok, ax_wall) in zip(by_setting.items(), axes):
+        per_step = block["settings"]["batch"] * block["settings"]["seq_len"]
+        for name, r in block["models"].items():
+            if "curve" not in r:
+                continue
+            line, = ax_tok.plot([s * per_step / 1e6 for s in r["curve"]["step"]], r["curve"]["loss"],
+                                alpha=0.35, lw=1)
+            ax_tok.plot([s * per_step / 1e6 for s in r["val_curve"]["step"]], r["val_curve"]["loss"],
+                        "o-", color=line.get_color(), label=f"{name} (val; thin: train)")
+            ax_wall.plot(r["val_curve"]["seconds"], r["val_curve"]["loss"], "o-", color=line.get_color(),
+                         label=name)
+        title = f"{setting}: T = {block['settings']['seq_len']}, {block['settings']['batch']} rows per step"
+        ax_tok.set(xlabel="training tokens (millions)", ylabel="cross-entropy (nats / byte)", title=title)
+        ax_wall.set(xlabel="wall-clock seconds since the run started (incl. compilation)",
+                    ylabel="validation cross-entropy", title=title)
+        for ax in (ax_tok, ax_wall):
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
     fig.savefig(out / "loss_curves.png", dpi=100)
     return "loss_curves.png"
 
@@ -129,13 +146,16 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(out: Path, md: str, command: str, wall: float, settings: dict) -> None:
+def write_readme(out: Path, blocks: dict, command: str, wall: float, machine: str) -> None:
     """Replace the text between the markers of out/README.md (create it if missing)."""
     start, end = "<!-- results -->", "<!-- /results -->"
-    body = (f"{start}\nCommand: `{command}` ({wall / 60:.1f} min wall on {settings['machine']}).\n"
-            f"Each model: {settings['steps']} steps x {settings['batch']} rows x {settings['seq_len']} "
-            f"tokens = {settings['tokens'] / 1e6:.2f}M training tokens, seed {settings['seed']}.\n\n"
-            f"{md}\n\n![loss curves](loss_curves.png)\n{end}")
+    parts = [f"{start}\nCommand: `{command}` ({wall / 60:.1f} min wall on {machine})."]
+    for setting, block in blocks.items():
+        st = block["settings"]
+        parts.append(f"**{setting}**: {st['steps']} steps x {st['batch']} rows x {st['seq_len']} tokens = "
+                     f"{st['tokens'] / 1e6:.2f}M training tokens per model, seed {st['seed']}.\n\n"
+                     f"{table(block['models'])}")
+    body = "\n\n".join(parts) + f"\n\n![loss curves](loss_curves.png)\n{end}"
     readme = out / "README.md"
     text = readme.read_text() if readme.is_file() else f"# Model zoo\n\n{start}\n{end}\n"
     if start in text and end in text:
@@ -145,45 +165,58 @@ def write_readme(out: Path, md: str, command: str, wall: float, settings: dict) 
     readme.write_text(text)
 
 
+SETTINGS = {"short": dict(seq_len=256, batch=16, steps=1000),
+            "long": dict(seq_len=2048, batch=2, steps=1000)}
+QUICK = {"short": dict(seq_len=64, batch=4, steps=4), "long": dict(seq_len=256, batch=2, steps=4)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, short rows")
     p.add_argument("--out", default=None, help="output folder (default papers/model_zoo, or .../quick)")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: all three)")
-    p.add_argument("--steps", type=int, default=None, help="train steps per model (default 100; quick 4)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per row (default 256; quick 64)")
-    p.add_argument("--batch", type=int, default=None, help="rows per step (default 16; quick 4)")
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help=f"comma-separated, of {', '.join(SETTINGS)} (default: both)")
+    p.add_argument("--steps", type=int, default=None, help="train steps per model, every setting (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.steps = args.steps or (4 if args.quick else 100)
-    args.seq_len = args.seq_len or (64 if args.quick else 256)
-    args.batch = args.batch or (4 if args.quick else 16)
-    args.eval_every = args.steps if args.quick else max(1, args.steps // 4)
-    args.eval_batches = 1 if args.quick else 8
-    args.sample_tokens = 0 if args.quick else 100
-    args.log_every = 1 if args.quick else 5
+    chosen = [x for x in args.settings.split(",") if x]
+    unknown = [x for x in chosen if x not in SETTINGS]
+    if unknown or not chosen:
+        p.error(f"--settings: {', '.join(unknown) or 'none given'}; choose from {', '.join(SETTINGS)}")
     out = Path(args.out) if args.out else HERE / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
-    runs = out / "runs"
+    machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores"
 
-    results = {name: run_model(args, name, runs) for name in args.models.split(",") if name}
-    tokens_per_step = args.batch * args.seq_len
-    settings = dict(steps=args.steps, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
-                    tokens=args.steps * tokens_per_step, quick=args.quick,
-                    machine=f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
-                    memory="peak RSS of each model's own training process (ru_maxrss)")
+    blocks = {}
+    for setting in chosen:
+        shape = dict((QUICK if args.quick else SETTINGS)[setting])
+        if args.steps:
+            shape["steps"] = args.steps
+        run_args = argparse.Namespace(**{**vars(args), **shape})
+        run_args.eval_every = shape["steps"] if args.quick else max(1, shape["steps"] // 10)
+        run_args.eval_batches = 1 if args.quick else 8
+        run_args.sample_tokens = 0 if args.quick else 100
+        run_args.log_every = 1 if args.quick else 10
+        log(f"setting {setting}: T={shape['seq_len']}, {shape['batch']} rows, {shape['steps']} steps")
+        results = {name: run_model(run_args, name, out / "runs" / setting)
+                   for name in args.models.split(",") if name}
+        settings = dict(**shape, seed=args.seed, tokens=shape["steps"] * shape["batch"] * shape["seq_len"],
+                        quick=args.quick, machine=machine,
+                        memory="peak RSS of each model's own training process (ru_maxrss)")
+        blocks[setting] = {"settings": settings, "models": results}
+        print(f"{setting}:\n{table(results)}", flush=True)
     wall = time.perf_counter() - T0
-    command = "python papers/model_zoo/run.py" + (" --quick" if args.quick else "")
-    (out / "results.json").write_text(json.dumps({"settings": settings, "wall_s": wall,
-                                                   "models": results}, indent=2))
-    plot(results, tokens_per_step, out)
-    md = table(results)
-    write_readme(out, md, command, wall, settings)
-    print(md)
+    command = "python papers/model_zoo/run.py" + (" --quick" if args.quick else "") + (
+        "" if chosen == list(SETTINGS) else f" --settings {','.join(chosen)}")
+    (out / "results.json").write_text(json.dumps({"wall_s": wall, "machine": machine, **blocks}, indent=2))
+    plot(blocks, out)
+    write_readme(out, blocks, command, wall, machine)
     log(f"wrote {out / 'results.json'}, {out / 'README.md'}, {out / 'loss_curves.png'}")
-    failed = [name for name, r in results.items() if r.get("failed")]
+    failed = [f"{setting}/{name}" for setting, b in blocks.items() for name, r in b["models"].items()
+              if r.get("failed")]
     if failed:
-        log(f"FAILED to train: {', '.join(failed)} (see their logs in {runs})")
+        log(f"FAILED to train: {', '.join(failed)} (see their logs under {out / 'runs'})")
         return 1
     return 0
 
