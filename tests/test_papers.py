@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,3 +53,37 @@ def test_model_zoo_quick(tmp_path):
     readme = (out / "README.md").read_text()
     assert all(f"| {name} |" in readme for name in models) and "**short**" in readme
     assert (out / "loss_curves.png").is_file()
+
+
+def _zoo_results(path: Path, seed: int, losses: dict, quick: bool = False) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    models = {name: {"val_loss": v} for name, v in losses.items()}
+    models["bst"] = {"skipped": "configs/bst_small.yaml not found"}
+    path.joinpath("results.json").write_text(json.dumps(
+        {"short": {"settings": {"seed": seed, "quick": quick}, "models": models}}))
+
+
+def test_model_zoo_seed_table(tmp_path):
+    """papers/model_zoo/seeds.py: per-seed losses, mean ± std and the paired difference to
+    the transformer, from the main results.json and seeds/*/results.json; quick runs and
+    skipped models left out; the same seed twice is refused."""
+    sys.path.insert(0, str(REPO / "papers" / "model_zoo"))
+    try:
+        import seeds
+    finally:
+        sys.path.pop(0)
+    _zoo_results(tmp_path, 0, {"transformer": 1.20, "zamba": 1.21})
+    _zoo_results(tmp_path / "seeds" / "seed1", 1, {"transformer": 1.22, "zamba": 1.24})
+    _zoo_results(tmp_path / "seeds" / "seed2", 2, {"transformer": 1.18, "zamba": 1.18})
+    _zoo_results(tmp_path / "seeds" / "quick", 3, {"transformer": 9.0, "zamba": 9.0}, quick=True)
+    (tmp_path / "README.md").write_text("# zoo\n\n<!-- seeds -->\nold\n<!-- /seeds -->\ntail\n")
+    assert seeds.main(["--dir", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "old" not in text and text.endswith("tail\n")
+    row = next(line for line in text.splitlines() if line.startswith("| zamba"))
+    assert "1.2100, 1.2400, 1.1800" in row and "1.2100 ± 0.0300" in row
+    assert "+0.0100 (per seed +0.0100, +0.0200, +0.0000" in row      # zamba - transformer, paired
+    assert "bst" not in text and "9.0" not in text
+    _zoo_results(tmp_path / "seeds" / "again", 1, {"transformer": 1.0, "zamba": 1.0})
+    with pytest.raises(ValueError, match="seed 1 of transformer"):
+        seeds.main(["--dir", str(tmp_path), "--no-write"])

@@ -9,6 +9,8 @@ corpus rows for the same number of tokens, in two settings:
     python papers/model_zoo/run.py                      # both settings (~45 min on 2 CPU cores)
     python papers/model_zoo/run.py --settings long      # one of them
     python papers/model_zoo/run.py --quick              # smoke run, < 2 min (writes to papers/model_zoo/quick/)
+    python papers/model_zoo/run.py --settings short --seed 1 --out papers/model_zoo/seeds/seed1
+                                                        # another seed; papers/model_zoo/seeds.py tabulates them
 
 Configs: configs/transformer_small.yaml, configs/zamba_small.yaml, configs/bst_small.yaml.
 A model whose config is missing or whose name is not registered is skipped and
@@ -208,7 +210,8 @@ def main(argv=None):
         print(f"{setting}:\n{table(results)}", flush=True)
     wall = time.perf_counter() - T0
     command = "python papers/model_zoo/run.py" + (" --quick" if args.quick else "") + (
-        "" if chosen == list(SETTINGS) else f" --settings {','.join(chosen)}")
+        "" if chosen == list(SETTINGS) else f" --settings {','.join(chosen)}") + (
+        f" --seed {args.seed}" if args.seed else "") + (f" --out {args.out}" if args.out else "")
     (out / "results.json").write_text(json.dumps({"wall_s": wall, "machine": machine, **blocks}, indent=2))
     plot(blocks, out)
     write_readme(out, blocks, command, wall, machine)

@@ -1,0 +1,106 @@
+"""How far one seed goes: the model zoo's validation losses over several seeds.
+
+run.py trains every model once (seed 0, papers/model_zoo/results.json). Further seeds
+of a setting are separate runs of the same script into their own folders:
+
+    python papers/model_zoo/run.py --settings short --seed 1 --out papers/model_zoo/seeds/seed1
+    python papers/model_zoo/run.py --settings short --seed 2 --out papers/model_zoo/seeds/seed2
+    python papers/model_zoo/seeds.py          # the table: mean ± std, paired differences
+
+`train.seed` sets both the initial weights and the batch order, and every model of a
+seed sees the same batches, so model differences are compared seed by seed: a paired
+t-test on the per-seed differences to the transformer (train/workflows/paired_stats.py
+says why paired, and what 2 degrees of freedom can and cannot show).
+
+Writes the table between the <!-- seeds --> markers of papers/model_zoo/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from train.workflows.paired_stats import paired_t  # noqa: E402
+
+BASELINE = "transformer"
+
+
+def collect(paths: list[Path], setting: str) -> dict[str, dict[int, float]]:
+    """{model: {seed: final val loss}} for one setting, from results.json files. Two files
+    for the same seed and model are an error: the table would silently count one twice."""
+    losses: dict[str, dict[int, float]] = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        block = data.get(setting)
+        if block is None or block["settings"].get("quick"):
+            continue
+        seed = block["settings"]["seed"]
+        for name, r in block["models"].items():
+            if "val_loss" not in r:
+                continue
+            if seed in losses.setdefault(name, {}):
+                raise ValueError(f"{path}: seed {seed} of {name} ({setting}) appears in two results files")
+            losses[name][seed] = r["val_loss"]
+    return losses
+
+
+def table(losses: dict[str, dict[int, float]]) -> str:
+    lines = ["| model | seeds | val loss per seed | mean ± std | vs transformer (paired) |",
+             "|---|---:|---|---|---|"]
+    base = losses.get(BASELINE, {})
+    for name, by_seed in losses.items():
+        seeds = sorted(by_seed)
+        vals = [by_seed[s] for s in seeds]
+        spread = f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else f"{vals[0]:.4f}"
+        shared = [s for s in seeds if s in base]
+        if name == BASELINE or len(shared) < 2:
+            versus = "" if name == BASELINE else "fewer than 2 shared seeds"
+        else:
+            t = paired_t([by_seed[s] for s in shared], [base[s] for s in shared])
+            diffs = ", ".join(f"{by_seed[s] - base[s]:+.4f}" for s in shared)
+            versus = f"{t['diff']:+.4f} (per seed {diffs}; t = {t['t']:.2f}, p = {t['p']:.3f})"
+        lines.append(f"| {name} | {len(vals)} | {', '.join(f'{v:.4f}' for v in vals)} | {spread} | {versus} |")
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, text: str) -> None:
+    start, end = "<!-- seeds -->", "<!-- /seeds -->"
+    body = readme.read_text()
+    block = f"{start}\n{text}\n{end}"
+    if start in body and end in body:
+        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
+    else:
+        body += "\n" + block + "\n"
+    readme.write_text(body)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", default=str(HERE), help="the model zoo folder (default: this one)")
+    p.add_argument("--setting", default="short")
+    p.add_argument("--no-write", action="store_true", help="print only; leave README.md alone")
+    args = p.parse_args(argv)
+    root = Path(args.dir)
+    paths = [root / "results.json", *sorted(root.glob("seeds/*/results.json"))]
+    paths = [x for x in paths if x.is_file()]
+    if not paths:
+        p.error(f"no results.json under {root}; run papers/model_zoo/run.py first")
+    losses = collect(paths, args.setting)
+    if not losses:
+        p.error(f"no {args.setting!r} results in {', '.join(map(str, paths))}")
+    text = (f"**{args.setting}**, final validation loss by seed "
+            f"({len(paths)} results files: {', '.join(str(x.relative_to(root)) for x in paths)}):\n\n"
+            + table(losses))
+    print(text)
+    if not args.no_write:
+        write_readme(root / "README.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
