@@ -55,12 +55,30 @@ def test_model_zoo_quick(tmp_path):
     assert (out / "loss_curves.png").is_file()
 
 
-def _zoo_results(path: Path, seed: int, losses: dict, quick: bool = False) -> None:
+def test_model_zoo_overrides(tmp_path):
+    """--models/--set: one model with a config override; the override is recorded in
+    results.json, in the table's heading and in the command the README shows."""
+    out = tmp_path / "zoo_mamba1"
+    subprocess.run([sys.executable, str(REPO / "papers" / "model_zoo" / "run.py"), "--quick", "--steps", "1",
+                    "--settings", "short", "--models", "zamba", "--set", "model.ssm.kind=mamba1",
+                    "--out", str(out)], check=True, cwd=REPO, capture_output=True, timeout=600)
+    block = json.loads((out / "results.json").read_text())["short"]
+    assert block["settings"]["overrides"] == ["model.ssm.kind=mamba1"]
+    assert list(block["models"]) == ["zamba"] and "val_loss" in block["models"]["zamba"]
+    readme = (out / "README.md").read_text()
+    assert "seed 0, model.ssm.kind=mamba1." in readme
+    assert "--models zamba --set model.ssm.kind=mamba1" in readme
+    run_dir_config = (out / "runs" / "short" / "zamba" / "config.yaml").read_text()
+    assert "kind: mamba1" in run_dir_config
+
+
+def _zoo_results(path: Path, seed: int, losses: dict, quick: bool = False, overrides=()) -> None:
     path.mkdir(parents=True, exist_ok=True)
     models = {name: {"val_loss": v} for name, v in losses.items()}
     models["bst"] = {"skipped": "configs/bst_small.yaml not found"}
     path.joinpath("results.json").write_text(json.dumps(
-        {"short": {"settings": {"seed": seed, "quick": quick}, "models": models}}))
+        {"short": {"settings": {"seed": seed, "quick": quick, "overrides": list(overrides)},
+                   "models": models}}))
 
 
 def test_model_zoo_seed_table(tmp_path):
@@ -76,6 +94,7 @@ def test_model_zoo_seed_table(tmp_path):
     _zoo_results(tmp_path / "seeds" / "seed1", 1, {"transformer": 1.22, "zamba": 1.24})
     _zoo_results(tmp_path / "seeds" / "seed2", 2, {"transformer": 1.18, "zamba": 1.18})
     _zoo_results(tmp_path / "seeds" / "quick", 3, {"transformer": 9.0, "zamba": 9.0}, quick=True)
+    _zoo_results(tmp_path / "seeds" / "mamba1", 0, {"zamba": 8.0}, overrides=["model.ssm.kind=mamba1"])
     (tmp_path / "README.md").write_text("# zoo\n\n<!-- seeds -->\nold\n<!-- /seeds -->\ntail\n")
     assert seeds.main(["--dir", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text()
@@ -83,7 +102,7 @@ def test_model_zoo_seed_table(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| zamba"))
     assert "1.2100, 1.2400, 1.1800" in row and "1.2100 ± 0.0300" in row
     assert "+0.0100 (per seed +0.0100, +0.0200, +0.0000" in row      # zamba - transformer, paired
-    assert "bst" not in text and "9.0" not in text
+    assert "bst" not in text and "9.0" not in text and "8.0" not in text
     _zoo_results(tmp_path / "seeds" / "again", 1, {"transformer": 1.0, "zamba": 1.0})
     with pytest.raises(ValueError, match="seed 1 of transformer"):
         seeds.main(["--dir", str(tmp_path), "--no-write"])

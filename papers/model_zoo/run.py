@@ -56,7 +56,7 @@ def overrides(args, name: str, runs: Path) -> list[str]:
     # --quick: one layer and short rows, to exercise the whole pipeline in little time.
     # The hybrid keeps 2 Mamba layers, so its shared block (every 2nd layer) still runs.
     quick = {"bst": ["model.num_layers=1", "model.bst.block_len=32"], "zamba": ["model.num_layers=2"]}
-    return common + (quick.get(name, ["model.num_layers=1"]) if args.quick else [])
+    return common + (quick.get(name, ["model.num_layers=1"]) if args.quick else []) + list(args.set)
 
 
 def child(config: str, extra: list[str], out_json: str) -> None:
@@ -155,7 +155,8 @@ def write_readme(out: Path, blocks: dict, command: str, wall: float, machine: st
     for setting, block in blocks.items():
         st = block["settings"]
         parts.append(f"**{setting}**: {st['steps']} steps x {st['batch']} rows x {st['seq_len']} tokens = "
-                     f"{st['tokens'] / 1e6:.2f}M training tokens per model, seed {st['seed']}.\n\n"
+                     f"{st['tokens'] / 1e6:.2f}M training tokens per model, seed {st['seed']}"
+                     + "".join(f", {kv}" for kv in st.get("overrides", [])) + ".\n\n"
                      f"{table(block['models'])}")
     body = "\n\n".join(parts) + f"\n\n![loss curves](loss_curves.png)\n{end}"
     readme = out / "README.md"
@@ -181,6 +182,9 @@ def main(argv=None):
                    help=f"comma-separated, of {', '.join(SETTINGS)} (default: both)")
     p.add_argument("--steps", type=int, default=None, help="train steps per model, every setting (default 1000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every model trained (repeatable), e.g. with "
+                        "--models zamba: --set model.ssm.kind=mamba1")
     args = p.parse_args(argv)
     chosen = [x for x in args.settings.split(",") if x]
     unknown = [x for x in chosen if x not in SETTINGS]
@@ -203,7 +207,8 @@ def main(argv=None):
         log(f"setting {setting}: T={shape['seq_len']}, {shape['batch']} rows, {shape['steps']} steps")
         results = {name: run_model(run_args, name, out / "runs" / setting)
                    for name in args.models.split(",") if name}
-        settings = dict(**shape, seed=args.seed, tokens=shape["steps"] * shape["batch"] * shape["seq_len"],
+        settings = dict(**shape, seed=args.seed, overrides=list(args.set),
+                        tokens=shape["steps"] * shape["batch"] * shape["seq_len"],
                         quick=args.quick, machine=machine,
                         memory="peak RSS of each model's own training process (ru_maxrss)")
         blocks[setting] = {"settings": settings, "models": results}
@@ -211,7 +216,9 @@ def main(argv=None):
     wall = time.perf_counter() - T0
     command = "python papers/model_zoo/run.py" + (" --quick" if args.quick else "") + (
         "" if chosen == list(SETTINGS) else f" --settings {','.join(chosen)}") + (
-        f" --seed {args.seed}" if args.seed else "") + (f" --out {args.out}" if args.out else "")
+        f" --seed {args.seed}" if args.seed else "") + (
+        "" if args.models == ",".join(MODELS) else f" --models {args.models}") + "".join(
+        f" --set {kv}" for kv in args.set) + (f" --out {args.out}" if args.out else "")
     (out / "results.json").write_text(json.dumps({"wall_s": wall, "machine": machine, **blocks}, indent=2))
     plot(blocks, out)
     write_readme(out, blocks, command, wall, machine)

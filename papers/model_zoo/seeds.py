@@ -37,7 +37,9 @@ def collect(paths: list[Path], setting: str) -> dict[str, dict[int, float]]:
     for path in paths:
         data = json.loads(path.read_text())
         block = data.get(setting)
-        if block is None or block["settings"].get("quick"):
+        # Quick runs, and runs with extra overrides (another SSM kind, say), are other
+        # experiments: they never count as a seed of the shipped configs.
+        if block is None or block["settings"].get("quick") or block["settings"].get("overrides"):
             continue
         seed = block["settings"]["seed"]
         for name, r in block["models"].items():
