@@ -149,7 +149,11 @@ class TrainStep:
         def pure(leaves, batch):
             model, optimizer = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
             loss, grad_norm = accumulated_step(model, optimizer, batch, grad_accum)
-            return jax.tree.leaves(nnx.state((model, optimizer))), loss, grad_norm
+            leaves, after = jax.tree.flatten(nnx.state((model, optimizer)))
+            if after != treedef:   # checked once, at trace time: leaves must not change places
+                raise RuntimeError("the train step changed the structure of the model/optimizer "
+                                   f"state:\n{treedef}\n->\n{after}")
+            return leaves, loss, grad_norm
         self.jitted = jax.jit(pure)
         self._treedef = treedef
 
