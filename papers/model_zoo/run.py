@@ -161,11 +161,15 @@ def write_readme(out: Path, blocks: dict, command: str, wall: float, machine: st
     body = "\n\n".join(parts) + f"\n\n![loss curves](loss_curves.png)\n{end}"
     readme = out / "README.md"
     text = readme.read_text() if readme.is_file() else f"# Model zoo\n\n{start}\n{end}\n"
+    readme.write_text(replace_marked(text, start, end, body))
+
+
+def replace_marked(text: str, start: str, end: str, block: str) -> str:
+    """`text` with everything from the `start` marker to the `end` marker replaced by
+    `block` (which carries the markers itself); appended when the markers are missing."""
     if start in text and end in text:
-        text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
-    else:
-        text += "\n" + body + "\n"
-    readme.write_text(text)
+        return text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    return text + "\n" + block + "\n"
 
 
 SETTINGS = {"short": dict(seq_len=256, batch=16, steps=1000),

@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]      # run.py beside it; the repo root
 
+from run import replace_marked  # noqa: E402
 from train.workflows.paired_stats import paired_t  # noqa: E402
 
 BASELINE = "transformer"
@@ -72,13 +73,7 @@ def table(losses: dict[str, dict[int, float]]) -> str:
 
 def write_readme(readme: Path, text: str) -> None:
     start, end = "<!-- seeds -->", "<!-- /seeds -->"
-    body = readme.read_text()
-    block = f"{start}\n{text}\n{end}"
-    if start in body and end in body:
-        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
-    else:
-        body += "\n" + block + "\n"
-    readme.write_text(body)
+    readme.write_text(replace_marked(readme.read_text(), start, end, f"{start}\n{text}\n{end}"))
 
 
 def main(argv=None) -> int:
