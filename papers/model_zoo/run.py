@@ -6,7 +6,7 @@ corpus rows for the same number of tokens, in two settings:
     long    T = 2048,  2 rows x 1000 steps = 4.1M tokens per model (the hybrid's and the
             BST's ground: long rows)
 
-    python papers/model_zoo/run.py                      # both settings (~45 min on 2 CPU cores)
+    python papers/model_zoo/run.py                      # both settings (45-70 min on 2 CPU cores)
     python papers/model_zoo/run.py --settings long      # one of them
     python papers/model_zoo/run.py --quick              # smoke run, < 2 min (writes to papers/model_zoo/quick/)
     python papers/model_zoo/run.py --settings short --seed 1 --out papers/model_zoo/seeds/seed1
