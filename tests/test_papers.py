@@ -72,19 +72,20 @@ def test_model_zoo_overrides(tmp_path):
     assert "kind: mamba1" in run_dir_config
 
 
-def _zoo_results(path: Path, seed: int, losses: dict, quick: bool = False, overrides=()) -> None:
+def _zoo_results(path: Path, seed: int, losses: dict, quick: bool = False, overrides=(),
+                 setting: str = "short") -> None:
     path.mkdir(parents=True, exist_ok=True)
     models = {name: {"val_loss": v} for name, v in losses.items()}
     models["bst"] = {"skipped": "configs/bst_small.yaml not found"}
     path.joinpath("results.json").write_text(json.dumps(
-        {"short": {"settings": {"seed": seed, "quick": quick, "overrides": list(overrides)},
+        {setting: {"settings": {"seed": seed, "quick": quick, "overrides": list(overrides)},
                    "models": models}}))
 
 
 def test_model_zoo_seed_table(tmp_path):
     """papers/model_zoo/seeds.py: per-seed losses, mean ± std and the paired difference to
-    the transformer, from the main results.json and seeds/*/results.json; quick runs and
-    skipped models left out; the same seed twice is refused."""
+    the transformer, from the main results.json and seeds/*/results.json, one table per
+    setting; quick runs and skipped models left out; the same seed twice is refused."""
     sys.path.insert(0, str(REPO / "papers" / "model_zoo"))
     try:
         import seeds
@@ -95,10 +96,17 @@ def test_model_zoo_seed_table(tmp_path):
     _zoo_results(tmp_path / "seeds" / "seed2", 2, {"transformer": 1.18, "zamba": 1.18})
     _zoo_results(tmp_path / "seeds" / "quick", 3, {"transformer": 9.0, "zamba": 9.0}, quick=True)
     _zoo_results(tmp_path / "seeds" / "mamba1", 0, {"zamba": 8.0}, overrides=["model.ssm.kind=mamba1"])
-    (tmp_path / "README.md").write_text("# zoo\n\n<!-- seeds -->\nold\n<!-- /seeds -->\ntail\n")
+    _zoo_results(tmp_path / "seeds" / "seed1_long", 1, {"transformer": 1.40, "zamba": 1.30}, setting="long")
+    (tmp_path / "README.md").write_text("# zoo\n\n<!-- seeds short -->\nold\n<!-- /seeds short -->\n"
+                                        "middle\n<!-- seeds long -->\nold\n<!-- /seeds long -->\ntail\n")
     assert seeds.main(["--dir", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text()
-    assert "old" not in text and text.endswith("tail\n")
+    assert "old" not in text and "\nmiddle\n" in text and text.endswith("tail\n")
+    short, long = text.split("middle")
+    # The long table holds only the long-setting file, one seed: no paired test.
+    assert "seeds/seed1_long" not in short and "1 results file: seeds/seed1_long/results.json" in long
+    assert "| zamba | 1 | 1.3000 | 1.3000 | fewer than 2 shared seeds |" in long
+    text = short
     row = next(line for line in text.splitlines() if line.startswith("| zamba"))
     assert "1.2100, 1.2400, 1.1800" in row and "1.2100 ± 0.0300" in row
     assert "+0.0100 (per seed +0.0100, +0.0200, +0.0000" in row      # zamba - transformer, paired

@@ -5,14 +5,16 @@ of a setting are separate runs of the same script into their own folders:
 
     python papers/model_zoo/run.py --settings short --seed 1 --out papers/model_zoo/seeds/seed1
     python papers/model_zoo/run.py --settings short --seed 2 --out papers/model_zoo/seeds/seed2
-    python papers/model_zoo/seeds.py          # the table: mean ± std, paired differences
+    python papers/model_zoo/run.py --settings long --seed 1 --out papers/model_zoo/seeds/seed1_long
+    python papers/model_zoo/seeds.py          # the tables: mean ± std, paired differences
 
 `train.seed` sets both the initial weights and the batch order, and every model of a
 seed sees the same batches, so model differences are compared seed by seed: a paired
 t-test on the per-seed differences to the transformer (train/workflows/paired_stats.py
 says why paired, and what 2 degrees of freedom can and cannot show).
 
-Writes the table between the <!-- seeds --> markers of papers/model_zoo/README.md.
+Writes one table per setting, between the <!-- seeds SETTING --> and <!-- /seeds SETTING -->
+markers of papers/model_zoo/README.md.
 """
 from __future__ import annotations
 
@@ -25,23 +27,30 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]      # run.py beside it; the repo root
 
-from run import replace_marked  # noqa: E402
+from run import SETTINGS, replace_marked  # noqa: E402
 from train.workflows.paired_stats import paired_t  # noqa: E402
 
 BASELINE = "transformer"
+
+
+def seed_blocks(paths: list[Path], setting: str) -> list[tuple[Path, dict]]:
+    """(file, that setting's block) for the results files that count as a seed of it."""
+    blocks = []
+    for path in paths:
+        block = json.loads(path.read_text()).get(setting)
+        # Quick runs, and runs with extra overrides (another SSM kind, say), are other
+        # experiments: they never count as a seed of the shipped configs.
+        if block is None or block["settings"].get("quick") or block["settings"].get("overrides"):
+            continue
+        blocks.append((path, block))
+    return blocks
 
 
 def collect(paths: list[Path], setting: str) -> dict[str, dict[int, float]]:
     """{model: {seed: final val loss}} for one setting, from results.json files. Two files
     for the same seed and model are an error: the table would silently count one twice."""
     losses: dict[str, dict[int, float]] = {}
-    for path in paths:
-        data = json.loads(path.read_text())
-        block = data.get(setting)
-        # Quick runs, and runs with extra overrides (another SSM kind, say), are other
-        # experiments: they never count as a seed of the shipped configs.
-        if block is None or block["settings"].get("quick") or block["settings"].get("overrides"):
-            continue
+    for path, block in seed_blocks(paths, setting):
         seed = block["settings"]["seed"]
         for name, r in block["models"].items():
             if "val_loss" not in r:
@@ -71,15 +80,16 @@ def table(losses: dict[str, dict[int, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(readme: Path, text: str) -> None:
-    start, end = "<!-- seeds -->", "<!-- /seeds -->"
+def write_readme(readme: Path, setting: str, text: str) -> None:
+    start, end = f"<!-- seeds {setting} -->", f"<!-- /seeds {setting} -->"
     readme.write_text(replace_marked(readme.read_text(), start, end, f"{start}\n{text}\n{end}"))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", default=str(HERE), help="the model zoo folder (default: this one)")
-    p.add_argument("--setting", default="short")
+    p.add_argument("--setting", choices=sorted(SETTINGS), default=None,
+                   help="one setting (default: every setting with results)")
     p.add_argument("--no-write", action="store_true", help="print only; leave README.md alone")
     args = p.parse_args(argv)
     root = Path(args.dir)
@@ -87,15 +97,19 @@ def main(argv=None) -> int:
     paths = [x for x in paths if x.is_file()]
     if not paths:
         p.error(f"no results.json under {root}; run papers/model_zoo/run.py first")
-    losses = collect(paths, args.setting)
-    if not losses:
-        p.error(f"no {args.setting!r} results in {', '.join(map(str, paths))}")
-    text = (f"**{args.setting}**, final validation loss by seed "
-            f"({len(paths)} results files: {', '.join(str(x.relative_to(root)) for x in paths)}):\n\n"
-            + table(losses))
-    print(text)
-    if not args.no_write:
-        write_readme(root / "README.md", text)
+    names = [args.setting] if args.setting else list(SETTINGS)
+    found = {name: collect(paths, name) for name in names}
+    found = {name: losses for name, losses in found.items() if losses}
+    if not found:
+        p.error(f"no {' or '.join(map(repr, names))} results in {', '.join(map(str, paths))}")
+    for setting, losses in found.items():
+        used = [x for x, _ in seed_blocks(paths, setting)]
+        text = (f"**{setting}**, final validation loss by seed "
+                f"({len(used)} results file{'s' * (len(used) != 1)}: {', '.join(str(x.relative_to(root)) for x in used)}):\n\n"
+                + table(losses))
+        print(text + "\n")
+        if not args.no_write:
+            write_readme(root / "README.md", setting, text)
     return 0
 
 
