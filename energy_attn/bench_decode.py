@@ -5,9 +5,10 @@ one decode step over a sequence-sharded KV cache.
     python -c "from energy_attn.bench_decode import decode, format_report; \\
                print(format_report(decode(tokens=32768, devices=4)))"
 
-Everything is measured in one process, side by side: the three decode steps
-take turns call by call (so machine-load changes hit all alike) and the median
-is reported. For each method it also reads, from the compiled per-device
+Everything is measured in one process, side by side: the tree and the all-gather
+of partials take turns call by call (so machine-load changes hit both alike), then
+the ring runs rounds of its own (between the others it slowed the call after it);
+medians are reported. For each method it also reads, from the compiled per-device
 program, the bytes its collectives move (`energy_attn.tree.hlo.collective_stats`,
 loop trip counts included) and XLA's static buffer assignment
 (`memory_analysis()`: arguments + outputs + temporaries − aliases, per device).
@@ -169,16 +170,25 @@ def measure(*, tokens: int, heads: int, head_dim: int, batch: int, devices: int,
             comm_by_kind={kd: a for kd, a in comm["by_kind"].items() if a["count"]},
             comm_notes=comm["notes"], memory=mem, times_s=[])
 
-    times = take_turns(            # the methods take turns call by call
-        {name: (lambda step=steps[name]: step(*args)) for name in methods}, rounds,
-        on_round=lambda r, t: log(f"  round {r + 1}/{rounds}: "
-                                  + ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in t.items())))
+    # The methods that do the same local work (tree, all-gather) take turns call by call.
+    # The ring is timed in rounds of its own afterwards: run between them, its p-fold
+    # traffic through memory slowed whichever call came next (all-gather ~2x at 128k
+    # tokens in papers/tree_attention, a tie when only the two alternate).
+    def timed(names):
+        return take_turns(
+            {name: (lambda step=steps[name]: step(*args)) for name in names}, rounds,
+            on_round=lambda r, t: log(f"  round {r + 1}/{rounds}: "
+                                      + ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in t.items())))
+    times = timed([name for name in methods if name != "ring"])
+    if "ring" in methods:
+        times.update(timed(["ring"]))
     for name, m in res["methods"].items():
         m["times_s"] = times[name]
         m.update(summary(times[name]))
         if name != "tree" and "tree" in outputs:   # independent implementations must agree
             m["max_abs_diff_vs_tree"] = float(np.abs(outputs[name] - outputs["tree"]).max())
-            m["tree_over_this_paired"] = paired_median(times["tree"], times[name])   # same rounds
+            if name != "ring":                     # taken in the same rounds: paired
+                m["tree_over_this_paired"] = paired_median(times["tree"], times[name])
     if "tree" in methods:
         # The tree's communication must not grow with the cache: compile it for twice the
         # tokens (shapes only, nothing allocated) and read its collectives again.
@@ -286,7 +296,8 @@ def format_report(res: dict) -> str:
            f"{c['devices']} simulated devices share them and one memory)",
            f"KV cache {c['tokens']} tokens ({c['tokens_per_device']} per device), {c['heads']} heads x "
            f"{c['head_dim']}, B={c['batch']}, 1 query token, {c['dtype']}; median of {c['rounds']} "
-           "alternating rounds", f"tree decode: {res.get('tree_implementation', '?')}", ""]
+           "rounds (tree and all-gather alternating; the ring in rounds of its own)",
+           f"tree decode: {res.get('tree_implementation', '?')}", ""]
     body = []
     for name, m in res["methods"].items():
         mem = m["memory"]

@@ -7,8 +7,8 @@ device over KV-cache lengths and simulated device counts.
 
 Each device count runs in its own interpreter (the simulated device count,
 XLA_FLAGS=--xla_force_host_platform_device_count=p, is fixed when JAX starts);
-inside it, `energy_attn.bench_decode.measure` times the three decode steps in
-alternating rounds and reads communication bytes from the compiled HLO and
+inside it, `energy_attn.bench_decode.measure` times the tree and the all-gather in
+alternating rounds, then the ring in rounds of its own, and reads communication bytes from the compiled HLO and
 peak memory from XLA's buffer assignment. Writes results.json, results.md (the
 tables), latency.png, communication.png, memory.png to --out.
 """
@@ -185,7 +185,8 @@ def figures(rows, cfg, out: Path) -> list[str]:
 def tables(rows, cfg) -> str:
     by = {(r["devices"], r["tokens"], r["method"]): r for r in rows}
     lines = [f"### Decode step, B = 1, one query token, {cfg['heads']} heads × {cfg['head_dim']}, fp32 "
-             f"(median of {cfg['rounds']} alternating rounds)", "",
+             f"(median of {cfg['rounds']} rounds: tree and all-gather alternating, the ring in rounds "
+             "of its own)", "",
              "| devices | tokens | tree ms | ring ms | all-gather ms | ring / tree | all-gather / tree "
              "| tree sent B | ring sent B | all-gather sent B | ring / tree bytes "
              "| tree peak MiB | ring peak MiB | tree / ring peak |",
