@@ -114,3 +114,34 @@ def test_model_zoo_seed_table(tmp_path):
     _zoo_results(tmp_path / "seeds" / "again", 1, {"transformer": 1.0, "zamba": 1.0})
     with pytest.raises(ValueError, match="seed 1 of transformer"):
         seeds.main(["--dir", str(tmp_path), "--no-write"])
+
+
+def test_tree_attention_quick(tmp_path):
+    """papers/tree_attention --quick: every method at every (devices, tokens) of the small
+    grid, with a time, communication read from the HLO, and the figures."""
+    out = tmp_path / "tree"
+    subprocess.run([sys.executable, str(REPO / "papers" / "tree_attention" / "run.py"), "--quick", "--out", str(out)],
+                   check=True, cwd=REPO, capture_output=True, timeout=600)
+    res = json.loads((out / "results.json").read_text())
+    assert res["quick"] is True
+    cells = {(r["devices"], r["tokens"], r["method"]) for r in res["rows"]}
+    assert cells == {(p, t, m) for p in (2, 4) for t in (4096, 16384) for m in ("tree", "ring", "allgather")}
+    assert all(r["median_s"] > 0 and r["comm_count"] > 0 for r in res["rows"])
+    # The tree's bytes on the wire do not depend on the KV length (its point).
+    tree = {(r["devices"], r["tokens"]): r["comm_wire_bytes"] for r in res["rows"] if r["method"] == "tree"}
+    assert tree[2, 4096] == tree[2, 16384] and tree[4, 4096] == tree[4, 16384]
+    assert all((out / png).is_file() for png in res["figures"])
+    assert "tree" in (out / "results.md").read_text()
+
+
+def test_tree_attention_stability_smoke(tmp_path):
+    """papers/tree_attention/stability.py at one small setting, 2 rounds: tree and all-gather
+    take turns and every round gives a ratio."""
+    subprocess.run([sys.executable, str(REPO / "papers" / "tree_attention" / "stability.py"), "--rounds", "2",
+                    "--reruns", "1", "--settings", "2:4096", "--out", str(tmp_path)],
+                   check=True, cwd=REPO, capture_output=True, timeout=600)
+    res = json.loads((tmp_path / "stability.json").read_text())
+    [row] = res["rows"]
+    assert (row["devices"], row["tokens"], row["rounds"]) == (2, 4096, 2)
+    assert len(row["ratios"]) == 2 and all(r > 0 for r in row["ratios"])
+    assert "| 2 | 4,096 |" in (tmp_path / "stability.md").read_text()
