@@ -104,9 +104,9 @@ def main(argv=None) -> int:
         p.error(f"no {' or '.join(map(repr, names))} results in {', '.join(map(str, paths))}")
     for setting, losses in found.items():
         used = [x for x, _ in seed_blocks(paths, setting)]
+        files = ", ".join(str(x.relative_to(root)) for x in used)
         text = (f"**{setting}**, final validation loss by seed "
-                f"({len(used)} results file{'s' * (len(used) != 1)}: {', '.join(str(x.relative_to(root)) for x in used)}):\n\n"
-                + table(losses))
+                f"({len(used)} results file{'s' * (len(used) != 1)}: {files}):\n\n" + table(losses))
         print(text + "\n")
         if not args.no_write:
             write_readme(root / "README.md", setting, text)
