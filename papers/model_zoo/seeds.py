@@ -46,11 +46,11 @@ def seed_blocks(paths: list[Path], setting: str) -> list[tuple[Path, dict]]:
     return blocks
 
 
-def collect(paths: list[Path], setting: str) -> dict[str, dict[int, float]]:
-    """{model: {seed: final val loss}} for one setting, from results.json files. Two files
-    for the same seed and model are an error: the table would silently count one twice."""
+def collect(blocks: list[tuple[Path, dict]], setting: str) -> dict[str, dict[int, float]]:
+    """{model: {seed: final val loss}} from one setting's `seed_blocks`. Two files for the
+    same seed and model are an error: the table would silently count one twice."""
     losses: dict[str, dict[int, float]] = {}
-    for path, block in seed_blocks(paths, setting):
+    for path, block in blocks:
         seed = block["settings"]["seed"]
         for name, r in block["models"].items():
             if "val_loss" not in r:
@@ -98,12 +98,15 @@ def main(argv=None) -> int:
     if not paths:
         p.error(f"no results.json under {root}; run papers/model_zoo/run.py first")
     names = [args.setting] if args.setting else list(SETTINGS)
-    found = {name: collect(paths, name) for name in names}
-    found = {name: losses for name, losses in found.items() if losses}
+    found = {}          # setting -> (its seed files' blocks, {model: {seed: loss}})
+    for name in names:
+        blocks = seed_blocks(paths, name)
+        if losses := collect(blocks, name):
+            found[name] = (blocks, losses)
     if not found:
         p.error(f"no {' or '.join(map(repr, names))} results in {', '.join(map(str, paths))}")
-    for setting, losses in found.items():
-        used = [x for x, _ in seed_blocks(paths, setting)]
+    for setting, (blocks, losses) in found.items():
+        used = [x for x, _ in blocks]
         files = ", ".join(str(x.relative_to(root)) for x in used)
         text = (f"**{setting}**, final validation loss by seed "
                 f"({len(used)} results file{'s' * (len(used) != 1)}: {files}):\n\n" + table(losses))
