@@ -54,8 +54,9 @@ def overrides(args, name: str, runs: Path) -> list[str]:
               f"train.sample_tokens={args.sample_tokens}", f"train.run_dir={runs / name}",
               "logging.wandb=disabled", "logging.progress_bar=false", f"logging.log_every={args.log_every}"]
     # --quick: one layer and short rows, to exercise the whole pipeline in little time.
-    # The hybrid keeps 2 Mamba layers, so its shared block (every 2nd layer) still runs.
-    quick = {"bst": ["model.num_layers=1", "model.bst.block_len=32"], "zamba": ["model.num_layers=2"]}
+    # The hybrid keeps 2 Mamba layers with its shared block before the 2nd, so that it still runs.
+    quick = {"bst": ["model.num_layers=1", "model.bst.block_len=32"],
+             "zamba": ["model.num_layers=2", "model.zamba.shared_every=2"]}
     return common + (quick.get(name, ["model.num_layers=1"]) if args.quick else []) + list(args.set)
 
 
