@@ -53,3 +53,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, words, capsys):
     assert len(lines) == 1, captured.err
     assert all(w in lines[0] for w in words), lines[0]
     assert "Traceback" not in captured.err + captured.out
+
+
+def test_bench_train_overrides_alone_keep_the_default_recipe():
+    """`energy-attn bench train data.path=X` times the shakespeare recipe with that override,
+    not the built-in default model (argparse hands the first KEY=VALUE to the config slot)."""
+    from argparse import Namespace
+
+    from train.cli.bench import DEFAULT_RECIPE, _recipe_and_overrides
+    assert _recipe_and_overrides(Namespace(config="data.path=x.txt", overrides=["train.steps=5"])) == (
+        DEFAULT_RECIPE, ["data.path=x.txt", "train.steps=5"])
+    assert _recipe_and_overrides(Namespace(config="configs/default.yaml", overrides=["a=1"])) == (
+        "configs/default.yaml", ["a=1"])
+    assert DEFAULT_RECIPE.endswith("shakespeare_char.yaml")

@@ -228,13 +228,19 @@ def test_bench_train_recipe_times_the_whole_command(tmp_path):
 
 def test_bench_train_pairs_identical_models(tmp_path):
     """`energy-attn bench train` compares like with like: same init and batches, so the
-    energy model and the dot_product_attention model end at the same loss."""
+    energy model and the dot_product_attention model end at the same loss; the model with
+    the attention core left out trains too, on a different loss, and gives the core's share."""
     from train.bench.training import bench_train, format_report
     res = bench_train(tiny(tmp_path), steps=3, rounds=2, log=lambda *_: None)
-    assert res["energy"]["steps"] == res["dot_product_attention"]["steps"] == 1 + 2 * 2
+    assert (res["energy"]["steps"] == res["dot_product_attention"]["steps"]
+            == res["attention_core_left_out"]["steps"] == 1 + 2 * 2)
     assert res["loss_gap"] < 1e-5
     assert np.isfinite(res["ratio"]) and res["ratio"] > 0
-    assert "target <= 1.0" in format_report(res)
+    # Without the core the model computes something else: its loss must differ.
+    assert abs(res["attention_core_left_out"]["final_loss"] - res["energy"]["final_loss"]) > 1e-4
+    assert np.isfinite(res["attention_share"]) and res["attention_share"] < 1
+    report = format_report(res)
+    assert "target <= 1.0" in report and "attention core's share of the energy step" in report
 
 
 def test_step_flops_is_xlas_count_of_the_step():

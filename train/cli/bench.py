@@ -8,6 +8,9 @@ import sys
 
 from train.cli.args import CLIError, command, int_list, name_list, positive_int, resolve_config
 
+# What `bench train` and `bench checkpoint` time when no config file is named.
+DEFAULT_RECIPE = "configs/shakespeare_char.yaml"
+
 
 def add_parser(sub):
     p = command(sub, "bench", help="benchmarks (attention, train, models, decode, checkpoint)",
@@ -90,16 +93,18 @@ def _add_bench_train(sub):
     p = command(
         sub, "train", help="train-step time: energy attention vs jax.nn.dot_product_attention",
         description=(
-            "Trains the same model twice in one process (same init, same batches): once with energy\n"
-            "attention, once with jax.nn.dot_product_attention in its place. Prints the step-time\n"
-            "ratio (target <= 1.0). Default recipe: configs/shakespeare_char.yaml, which reads\n"
-            "../shared/data/tinyshakespeare.txt; point data.path elsewhere with an override."),
+            "Trains the same model three times in one process (same init, same batches): with energy\n"
+            "attention, with jax.nn.dot_product_attention in its place, and with the attention's core\n"
+            "left out. Prints the step-time ratio energy / dot_product_attention (target <= 1.0) and\n"
+            "the share of the step the attention core costs. Default recipe:\n"
+            "configs/shakespeare_char.yaml, which reads ../shared/data/tinyshakespeare.txt; point\n"
+            "data.path elsewhere with an override (`bench train data.path=X` keeps that recipe)."),
         example="energy-attn bench train --steps 60 model.attention.energy=softmax")
-    p.add_argument("config", nargs="?", default="configs/shakespeare_char.yaml")
+    p.add_argument("config", nargs="?", default=DEFAULT_RECIPE)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--steps", type=positive_int, default=60, help="batches per pass (default 60)")
     p.add_argument("--rounds", type=positive_int, default=None,
-                   help="passes over those batches; the two models take turns every step "
+                   help="passes over those batches; the models take turns every step "
                         "(default 2). With --recipe: how many times each command runs (default 1)")
     p.add_argument("--recipe", action="store_true",
                    help="instead, time the whole `energy-attn train CONFIG` in a child process: wall "
@@ -111,13 +116,23 @@ def _add_bench_train(sub):
     p.set_defaults(handler=_bench_train, prog=p.prog)
 
 
+def _recipe_and_overrides(args) -> tuple[str, list[str]]:
+    """`bench train data.path=X` means the default recipe with that override (argparse puts
+    the first KEY=VALUE into the config slot; resolve_config would then read no file at
+    all and time the built-in default model instead of the recipe)."""
+    if "=" in args.config:
+        return DEFAULT_RECIPE, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
 def _bench_train(args):
-    cfg = resolve_config(args.config, args.overrides)
+    config, overrides = _recipe_and_overrides(args)
+    cfg = resolve_config(config, overrides)
     from train.bench.training import bench_recipe, bench_train, format_recipe, format_report
     if args.versus and not args.recipe:
         raise CLIError("--versus times a whole command against the recipe: add --recipe")
     if args.recipe:
-        print(format_recipe(bench_recipe(args.config, args.overrides, versus=args.versus,
+        print(format_recipe(bench_recipe(config, overrides, versus=args.versus,
                                          rounds=args.rounds or 1)))
         return 0
     res = bench_train(cfg, steps=args.steps, rounds=args.rounds or 2)
@@ -134,14 +149,14 @@ def _add_bench_checkpoint(sub):
             "a whole restore. Default: configs/shakespeare_char.yaml (reads\n"
             "../shared/data/tinyshakespeare.txt; point data.path elsewhere with an override)."),
         example="energy-attn bench checkpoint configs/default.yaml --rounds 5")
-    p.add_argument("config", nargs="?", default="configs/shakespeare_char.yaml")
+    p.add_argument("config", nargs="?", default=DEFAULT_RECIPE)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--rounds", type=positive_int, default=5, help="timed rounds (default 5)")
     p.set_defaults(handler=_bench_checkpoint, prog=p.prog)
 
 
 def _bench_checkpoint(args):
-    cfg = resolve_config(args.config, args.overrides)
+    cfg = resolve_config(*_recipe_and_overrides(args))
     from train.bench.checkpoint import bench_checkpoint, format_report
     print(format_report(bench_checkpoint(cfg, rounds=args.rounds)))
     return 0
