@@ -57,12 +57,13 @@ def test_bad_input_is_one_line_and_exit_2(argv, words, capsys):
 
 def test_bench_train_overrides_alone_keep_the_default_recipe():
     """`energy-attn bench train data.path=X` times the shakespeare recipe with that override,
-    not the built-in default model (argparse hands the first KEY=VALUE to the config slot)."""
-    from argparse import Namespace
-
-    from train.cli.bench import DEFAULT_RECIPE, _recipe_and_overrides
-    assert _recipe_and_overrides(Namespace(config="data.path=x.txt", overrides=["train.steps=5"])) == (
+    not the built-in default model (argparse hands the first KEY=VALUE to the config slot);
+    `energy-attn train key=value` still means the built-in default config."""
+    from train.cli.args import config_and_overrides
+    from train.cli.bench import DEFAULT_RECIPE
+    assert config_and_overrides("data.path=x.txt", ["train.steps=5"], default=DEFAULT_RECIPE) == (
         DEFAULT_RECIPE, ["data.path=x.txt", "train.steps=5"])
-    assert _recipe_and_overrides(Namespace(config="configs/default.yaml", overrides=["a=1"])) == (
+    assert config_and_overrides("configs/default.yaml", ["a=1"], default=DEFAULT_RECIPE) == (
         "configs/default.yaml", ["a=1"])
+    assert config_and_overrides("a=1", ["b=2"]) == (None, ["a=1", "b=2"])
     assert DEFAULT_RECIPE.endswith("shakespeare_char.yaml")

@@ -15,13 +15,19 @@ def command(sub, name, *, help, description, example):
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def resolve_config(path, overrides):
-    """The config a command names: `energy-attn CMD key=value ...` with no config file reads
-    its first argument as an override."""
+def config_and_overrides(path, overrides, default=None) -> tuple[str | None, list[str]]:
+    """(config file, overrides) a command names. argparse hands a first KEY=VALUE to the
+    config slot (`energy-attn train key=value ...` names no file): it is an override, and
+    the file is then the command's `default` (None: the built-in default config)."""
+    if path is not None and "=" in path:
+        return default, [path, *overrides]
+    return path, list(overrides)
+
+
+def resolve_config(path, overrides, default=None):
+    """The config a command names (see config_and_overrides)."""
     from train.config import load_config
-    if path is not None and "=" in path:      # `energy-attn train key=value ...` with no config file
-        overrides, path = [path, *overrides], None
-    return load_config(path, overrides)
+    return load_config(*config_and_overrides(path, overrides, default))
 
 
 # ------------------------------------------------------------------ flag types

@@ -6,7 +6,8 @@ import difflib
 import os
 import sys
 
-from train.cli.args import CLIError, command, int_list, name_list, positive_int, resolve_config
+from train.cli.args import (CLIError, command, config_and_overrides, int_list, name_list, positive_int,
+                            resolve_config)
 
 # What `bench train` and `bench checkpoint` time when no config file is named.
 DEFAULT_RECIPE = "configs/shakespeare_char.yaml"
@@ -116,17 +117,9 @@ def _add_bench_train(sub):
     p.set_defaults(handler=_bench_train, prog=p.prog)
 
 
-def _recipe_and_overrides(args) -> tuple[str, list[str]]:
-    """`bench train data.path=X` means the default recipe with that override (argparse puts
-    the first KEY=VALUE into the config slot; resolve_config would then read no file at
-    all and time the built-in default model instead of the recipe)."""
-    if "=" in args.config:
-        return DEFAULT_RECIPE, [args.config, *args.overrides]
-    return args.config, list(args.overrides)
-
-
 def _bench_train(args):
-    config, overrides = _recipe_and_overrides(args)
+    # `bench train data.path=X` is the recipe with that override, not the built-in default model.
+    config, overrides = config_and_overrides(args.config, args.overrides, default=DEFAULT_RECIPE)
     cfg = resolve_config(config, overrides)
     from train.bench.training import bench_recipe, bench_train, format_recipe, format_report
     if args.versus and not args.recipe:
@@ -156,7 +149,7 @@ def _add_bench_checkpoint(sub):
 
 
 def _bench_checkpoint(args):
-    cfg = resolve_config(*_recipe_and_overrides(args))
+    cfg = resolve_config(args.config, args.overrides, default=DEFAULT_RECIPE)
     from train.bench.checkpoint import bench_checkpoint, format_report
     print(format_report(bench_checkpoint(cfg, rounds=args.rounds)))
     return 0
